@@ -1,0 +1,38 @@
+# The two commands of the README. Each creates .venv on first use and installs what it needs,
+# with the exact versions of constraints.txt, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.proad-installed
+DEMO   := demo
+
+.PHONY: test demo venv clean-demo
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,onnx,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make test: lint, then the whole test suite (CI runs exactly this through .ci/run)
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+## make demo: generate data, train the demo model (a few minutes on 2 cores), print its evaluation
+demo: $(DEMO)/model.pt
+	$(VENV)/bin/proad-eval --data $(DEMO)/data --checkpoint $(DEMO)/model.pt --json $(DEMO)/eval.json \
+		--table $(DEMO)/eval.md --viz $(DEMO)/viz --quiet
+	@echo "overlays in $(DEMO)/viz, metrics in $(DEMO)/eval.json"
+
+$(DEMO)/data/.complete: $(STAMP)
+	$(VENV)/bin/proad-synth --out $(DEMO)/data --train 60 --test-good 10 --test-per-defect 5
+	touch $@
+
+$(DEMO)/model.pt: $(DEMO)/data/.complete
+	$(VENV)/bin/proad-train --data $(DEMO)/data --out $@ --iterations 400 --resume
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,215 @@
+"""Command-line tools: ``proad-synth``, ``proad-train``, ``proad-eval``.
+
+Exit codes mean the same in every tool:
+
+- 0  done;
+- 1  failed while working (a bug or an environment problem; the traceback is printed);
+- 2  bad input: arguments, config, dataset layout, image or checkpoint files (one line says what);
+- 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(ValueError):
+    """Bad command-line input found after parsing (exit 2)."""
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from proad.backbone import BackboneError
+    from proad.checkpoint import CheckpointError
+    from proad.data.folder import DatasetError
+
+    return (DatasetError, CheckpointError, BackboneError, UsageError)
+
+
+def _run(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from proad.config import format_validation_error
+
+    try:
+        return body(args)
+    except ValidationError as exc:
+        print(f"{prog}: error: invalid config: {format_validation_error(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if isinstance(exc, _bad_input_types()):
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        traceback.print_exc()
+        print(f"{prog}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON when they parse as JSON (numbers, lists, null)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# proad-synth
+
+
+def synth_parser() -> argparse.ArgumentParser:
+    from proad.data.synth import CATEGORIES
+
+    p = argparse.ArgumentParser(
+        prog="proad-synth",
+        description="Write a synthetic inspection dataset (MVTec-AD layout) with exact defect masks.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument("--categories", nargs="+", default=list(CATEGORIES), help=f"default: {' '.join(CATEGORIES)}")
+    p.add_argument("--train", type=int, default=100, help="normal training images per category (default 100)")
+    p.add_argument("--test-good", type=int, default=20, help="normal test images per category (default 20)")
+    p.add_argument("--test-per-defect", type=int, default=8, help="test images per defect kind (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed; the same seed writes the same files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from proad.data.synth import CATEGORIES, write_dataset
+
+    unknown = [c for c in args.categories if c not in CATEGORIES]
+    if unknown:
+        raise UsageError(f"unknown categories {unknown}; known: {', '.join(CATEGORIES)}")
+    if min(args.train, args.test_good, args.test_per_defect) < 0 or args.train < 1:
+        raise UsageError("--train must be >= 1 and the test counts >= 0")
+    root = write_dataset(args.out, args.categories, args.train, args.test_good, args.test_per_defect, args.seed,
+                         progress=not args.quiet)
+    print(f"wrote {len(args.categories)} categories to {root}")
+    return EXIT_OK
+
+
+def synth_main(argv: Sequence[str] | None = None) -> int:
+    args = synth_parser().parse_args(argv)
+    return _run("proad-synth", _synth, args)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """Arguments proad-train and proad-eval share: the data, and how to run."""
+    p.add_argument("--data", required=True, nargs="+", type=Path, help="dataset root(s) in the MVTec-AD layout")
+    p.add_argument("--categories", nargs="+", help="only these categories (default: all found)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# ------------------------------------------------------------------------------------------------
+# proad-train
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="proad-train",
+        description="Train one Pro-AD model on every category of one or more MVTec-AD-layout roots "
+        "(multi-class), calibrate its OK/NG threshold on held-out normal images, write a checkpoint.",
+    )
+    _add_common(p)
+    p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
+    p.add_argument("--model-config", type=Path, help="ModelConfig as JSON or YAML")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override ModelConfig fields")
+    p.add_argument("--iterations", type=int, help="training iterations (default 1000)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int, help="seed (batches, dropout, hold-out split)")
+    p.add_argument("--checkpoint-every", type=int, help="iterations between resumable snapshots")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from proad.config import ModelConfig, TrainConfig, load_config_file
+    from proad.train import train
+
+    model_fields: dict[str, Any] = {}
+    if args.model_config:
+        try:
+            model_fields = load_config_file(args.model_config)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read --model-config {args.model_config}: {exc}") from exc
+    model_fields.update(_parse_sets(args.set))
+    model_cfg = ModelConfig.model_validate(model_fields)
+    names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    train_cfg = TrainConfig.model_validate(given)
+    train(args.data, args.out, model_cfg, train_cfg, args.categories, resume=args.resume, progress=not args.quiet)
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    return _run("proad-train", _train, args)
+
+
+# ------------------------------------------------------------------------------------------------
+# proad-eval
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="proad-eval",
+        description="Evaluate a Pro-AD checkpoint on MVTec-AD-layout test sets: image and pixel AUROC/AP/F1-max "
+        "and AUPRO per category and mean; prints a table, writes JSON and optional overlays.",
+    )
+    _add_common(p)
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by proad-train")
+    p.add_argument("--json", type=Path, help="write the metrics here as JSON")
+    p.add_argument("--table", type=Path, help="write the Markdown table here")
+    p.add_argument("--viz", type=Path, help="write anomaly-map overlay PNGs per category here")
+    p.add_argument("--threshold", type=float, help="OK/NG threshold instead of the calibrated ones")
+    return p
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from proad.checkpoint import load_model
+    from proad.evaluate import evaluate, format_table
+    from proad.train import open_categories
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, ckpt = load_model(args.checkpoint)
+    folders = open_categories(args.data, args.categories, ckpt.model_config.image_size)
+    per_cat = None if args.threshold is not None else ckpt.train_info.get("category_thresholds")
+    threshold = args.threshold if args.threshold is not None else ckpt.threshold
+    result = evaluate(model, folders, threshold, per_cat, args.viz, progress=not args.quiet)
+    result["checkpoint"] = {"path": str(args.checkpoint), "sha256": ckpt.sha256, "threshold": threshold}
+    table = format_table(result)
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table + "\n")
+    return EXIT_OK
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    args = eval_parser().parse_args(argv)
+    return _run("proad-eval", _eval, args)

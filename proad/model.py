@@ -1,0 +1,277 @@
+"""Pro-AD: prototype-based reconstruction for unsupervised anomaly detection (DESIGN §2).
+
+This file is the pure ``nn.Module`` (no training loop), so that export and the torch backend load
+the model without the trainer. Read it top to bottom:
+
+1. ``InputNorm`` turns what a camera gives (uint8, NHWC, BGR) into the encoder's input, so the
+   exported graph needs no pre-processing beyond a resize.
+2. The frozen ``Encoder`` gives multi-level features (stride 8 and 16 by default).
+3. Each level is brought onto one token grid (16x16 at 256 px) and projected to D channels; their
+   sum passes a noisy MLP bottleneck (dropout while training) so the decoder cannot learn identity.
+4. The Dynamic Bidirectional Decoder keeps an expanded bank ``B`` of M learned prototypes. In layer
+   l the prototypes first *aggregate* the tokens of the level that layer serves (cross-attention,
+   prototypes as queries), which makes them image-adaptive; then the *Prototype-based Constraint*
+   re-expresses each adapted prototype through the image-independent bank,
+   ``C(P) = softmax(sim(P, B) / tau) B``, so what the tokens read stays inside the convex hull of
+   learned normal prototypes; then the tokens are *reconstructed* by attending to ``C(P)`` only
+   (no residual from the tokens themselves), so an anomaly is not copied through attention.
+5. Layers are grouped over the levels; each group's mean output is mapped back to that level's
+   encoder channels and resolution. ``1 - cos(f_enc, f_rec)`` per level, upsampled, averaged and
+   smoothed is the anomaly map; the mean of its top 1 % is the image score. Both live inside
+   ``forward`` so every exported backend returns ``(anomaly_map, score)``.
+
+Every attention goes through :func:`proad.kernels.proto_attention`, the op the fused kernel and the
+TensorRT plugin implement.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from proad.backbone import Encoder
+from proad.config import ModelConfig
+from proad.kernels import proto_attention
+
+
+class InputNorm(nn.Module):
+    """uint8 ``[B, H, W, 3]`` BGR (what OpenCV gives) -> normalised float ``[B, 3, H, W]`` RGB."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).flip(1).float()  # NHWC BGR -> NCHW RGB
+        return (x - self.mean) / self.std
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int | None = None, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out or dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(F.gelu(self.fc1(x))))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of ``x`` over a separate key/value set, through ``proto_attention``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        k, v = self.kv(context).chunk(2, dim=-1)
+        o = proto_attention(self._split(self.q(x)), self._split(k), self._split(v), self.scale)
+        b, h, n, d = o.shape
+        return self.proj(o.transpose(1, 2).reshape(b, n, h * d))
+
+
+def prototype_constraint(
+    p: torch.Tensor, bank: torch.Tensor, tau: float, similarity: str = "cosine"
+) -> torch.Tensor:
+    """``C(P) = softmax(sim(P, B) / tau) B``: every row of the result is a convex combination of
+    the bank's rows, so an adapted prototype cannot leave the hull of the learned normal ones.
+
+    p: ``[B, M, D]``; bank: ``[M_b, D]``. Cosine similarity makes tau mean the same thing at any
+    prototype norm; the dot product with tau = sqrt(D) is the form first written in DESIGN §2.
+    """
+    if similarity == "cosine":
+        q, k = F.normalize(p, dim=-1), F.normalize(bank, dim=-1)
+    else:
+        q, k = p, bank
+    out = proto_attention(q.unsqueeze(1), k[None, None], bank[None, None], 1.0 / tau)
+    return out.squeeze(1)
+
+
+class DecoderLayer(nn.Module):
+    """One layer of the Dynamic Bidirectional Decoder: aggregate, constrain, reconstruct."""
+
+    def __init__(self, cfg: ModelConfig, constrained: bool) -> None:
+        super().__init__()
+        d, hidden = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+        self.cfg = cfg
+        self.constrained = constrained
+        # forward: prototypes gather the level's tokens
+        self.agg_norm_p = nn.LayerNorm(d)
+        self.agg_norm_t = nn.LayerNorm(d)
+        self.agg_attn = CrossAttention(d, cfg.heads)
+        self.agg_norm_mlp = nn.LayerNorm(d)
+        self.agg_mlp = Mlp(d, hidden)
+        # backward: tokens are rebuilt from the (constrained) prototypes only
+        self.rec_norm_t = nn.LayerNorm(d)
+        self.rec_norm_p = nn.LayerNorm(d)
+        self.context = nn.Conv2d(d, d, 3, padding=1, groups=d) if cfg.context else None
+        self.rec_attn = CrossAttention(d, cfg.heads)
+        self.rec_norm_mlp = nn.LayerNorm(d)
+        self.rec_mlp = Mlp(d, hidden)
+
+    def forward(
+        self, tokens: torch.Tensor, protos: torch.Tensor, level_tokens: torch.Tensor, bank: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (reconstructed tokens, adapted prototypes, constraint gap for the loss form)."""
+        cfg = self.cfg
+        protos = protos + self.agg_attn(self.agg_norm_p(protos), self.agg_norm_t(level_tokens))
+        protos = protos + self.agg_mlp(self.agg_norm_mlp(protos))
+
+        kv = protos
+        gap = protos.new_zeros(())
+        if self.constrained:
+            projected = prototype_constraint(protos, bank, cfg.tau, cfg.constraint_similarity)
+            if cfg.constraint == "project":
+                kv = cfg.constraint_mix * projected + (1.0 - cfg.constraint_mix) * protos
+            else:  # "loss": reconstruct from P, but pull P towards the bank's hull
+                gap = (1.0 - F.cosine_similarity(protos, projected, dim=-1)).mean()
+
+        q = self.rec_norm_t(tokens)
+        if self.context is not None:
+            b, n, d = q.shape
+            g = math.isqrt(n)
+            q = q + self.context(q.transpose(1, 2).reshape(b, d, g, g)).flatten(2).transpose(1, 2)
+        x = self.rec_attn(q, self.rec_norm_p(kv))
+        x = x + self.rec_mlp(self.rec_norm_mlp(x))
+        return x, protos, gap
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-d Gaussian, radius 4 sigma (the smoothing anomalib applies to its maps)."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+@dataclass
+class DecoderOutput:
+    """What the decoder gives: per-level reconstructions plus the terms the training loss needs."""
+
+    reconstructions: list[torch.Tensor]
+    tokens: torch.Tensor  # fused encoder tokens before the bottleneck, [B, N, D]
+    constraint_gap: torch.Tensor  # mean gap between P and C(P) (loss form only, else 0)
+
+
+class ProAD(nn.Module):
+    """The whole model: ``forward(uint8 NHWC BGR) -> (anomaly_map [B, H, W], score [B])``."""
+
+    def __init__(self, cfg: ModelConfig, encoder: Encoder | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder if encoder is not None else Encoder(cfg)
+        pcfg = self.encoder.body.pretrained_cfg
+        self.input_norm = InputNorm(tuple(pcfg["mean"]), tuple(pcfg["std"]))
+        d, g = cfg.dim, cfg.grid_stride
+        self.level_strides = self.encoder.strides
+        self.level_channels = self.encoder.channels
+
+        self.project = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        for c, s in zip(self.level_channels, self.level_strides, strict=True):
+            ratio = g // s if s < g else 1  # finer levels: space-to-depth onto the grid
+            self.project.append(nn.Linear(c * ratio * ratio, d))
+            self.heads.append(nn.Linear(d, c * ratio * ratio))
+        self.bottleneck = Mlp(d, int(d * cfg.mlp_ratio * 2), drop=cfg.bottleneck_dropout)
+        self.bottleneck_in_drop = nn.Dropout(cfg.bottleneck_dropout)
+        self.bank = nn.Parameter(torch.randn(cfg.prototypes, d) * 0.02)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, cfg.constraint != "none" and i >= cfg.constraint_from_layer) for i in range(cfg.layers)
+        )
+        # which layers serve which level: contiguous, as even as possible, finest level first
+        self.groups = [list(map(int, part)) for part in np.array_split(np.arange(cfg.layers), len(self.level_strides))]
+        self.register_buffer("blur", gaussian_kernel1d(cfg.map_sigma) if cfg.map_sigma > 0 else torch.ones(1))
+
+    # -- token grid --------------------------------------------------------------------------
+    def _to_grid(self, f: torch.Tensor, stride: int) -> torch.Tensor:
+        """A level's feature map onto the token grid, ``[B, N, C']``."""
+        g = self.cfg.grid_stride
+        if stride < g:
+            f = F.pixel_unshuffle(f, g // stride)
+        elif stride > g:
+            f = F.interpolate(f, scale_factor=stride // g, mode="bilinear", align_corners=False)
+        return f.flatten(2).transpose(1, 2)
+
+    def _from_grid(self, t: torch.Tensor, stride: int, channels: int) -> torch.Tensor:
+        """Decoder tokens back to a level's resolution and channels, ``[B, C, h, w]``."""
+        g, grid = self.cfg.grid_stride, self.cfg.grid
+        b = t.shape[0]
+        f = t.transpose(1, 2).reshape(b, -1, grid, grid)
+        if stride < g:
+            f = F.pixel_shuffle(f, g // stride)
+        elif stride > g:
+            f = F.avg_pool2d(f, stride // g)
+        return f
+
+    # -- stages ------------------------------------------------------------------------------
+    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen encoder features of a uint8 NHWC BGR batch, finest level first."""
+        return self.encoder(self.input_norm(image))
+
+    def decode(self, feats: list[torch.Tensor]) -> DecoderOutput:
+        """Reconstruct every level from the prototypes (training runs this on cached features)."""
+        levels = zip(feats, self.level_strides, self.project, strict=True)
+        level_tokens = [proj(self._to_grid(f.float(), s)) for f, s, proj in levels]
+        fused = torch.stack(level_tokens).sum(0)
+        tokens = self.bottleneck(self.bottleneck_in_drop(fused))
+        protos = self.bank.unsqueeze(0).expand(fused.shape[0], -1, -1)
+        outputs: list[torch.Tensor] = []
+        gaps: list[torch.Tensor] = []
+        for level, layer_ids in enumerate(self.groups):
+            for i in layer_ids:
+                tokens, protos, gap = self.layers[i](tokens, protos, level_tokens[level], self.bank)
+                outputs.append(tokens)
+                gaps.append(gap)
+        recs = []
+        for level, layer_ids in enumerate(self.groups):
+            mean = torch.stack([outputs[i] for i in layer_ids]).mean(0)
+            t = self.heads[level](mean)
+            recs.append(self._from_grid(t, self.level_strides[level], self.level_channels[level]))
+        return DecoderOutput(recs, fused, torch.stack(gaps).mean())
+
+    def anomaly_map(self, feats: list[torch.Tensor], recs: list[torch.Tensor]) -> torch.Tensor:
+        """``1 - cos`` per level, bilinear to the input size, mean over levels, Gaussian smoothing."""
+        size = self.cfg.image_size
+        maps = []
+        for f, r in zip(feats, recs, strict=True):
+            d = 1.0 - F.cosine_similarity(f.float(), r, dim=1).unsqueeze(1)
+            maps.append(F.interpolate(d, size=(size, size), mode="bilinear", align_corners=False))
+        m = torch.stack(maps).mean(0)
+        if self.cfg.map_sigma > 0:
+            k = self.blur
+            pad = k.numel() // 2
+            m = F.pad(m, (pad, pad, pad, pad), mode="reflect")
+            m = F.conv2d(m, k.view(1, 1, 1, -1))
+            m = F.conv2d(m, k.view(1, 1, -1, 1))
+        return m.squeeze(1)
+
+    def score(self, amap: torch.Tensor) -> torch.Tensor:
+        """Image score: mean of the top ``score_top_fraction`` of the map's values."""
+        flat = amap.flatten(1)
+        k = max(1, round(flat.shape[1] * self.cfg.score_top_fraction))
+        return flat.topk(k, dim=1).values.mean(1)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 ``[B, H, W, 3]`` BGR -> (anomaly map ``[B, H, W]`` float32, score ``[B]``)."""
+        feats = self.features(image)
+        amap = self.anomaly_map(feats, self.decode(feats).reconstructions)
+        return amap, self.score(amap)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Decoder and prototypes only: the encoder's weights come from the backbone (DESIGN §4)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("encoder.", "input_norm.", "blur"))}

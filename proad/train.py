@@ -1,0 +1,266 @@
+"""Training of one multi-class Pro-AD model, with threshold calibration (DESIGN §2, Training).
+
+The encoder is frozen, so its features are computed once per image and cached (fp16, in memory);
+every iteration then runs only the decoder. One model learns every category given (multi-class):
+batches are drawn from all of them together.
+
+Each iteration's batch and dropout noise are a pure function of ``(seed, step)``, so a run resumed
+from its periodic snapshot (``<out>.resume``) continues exactly where it stopped.
+
+After training, the OK/NG threshold is calibrated on normal images held out of training: a high
+quantile of their scores, per category and over all. Labelled defects are not needed, and the
+threshold is never the minimum score of anything (the failure anomalib is known for when no
+defects are given).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from proad.checkpoint import Checkpoint, CheckpointError, atomic_save, save_checkpoint
+from proad.config import ModelConfig, TrainConfig
+from proad.data.folder import DatasetError, MVTecFolder, list_categories
+from proad.loss import proad_loss
+from proad.model import ProAD
+
+RESUME_FORMAT = "proad-train-state"
+
+
+@dataclass
+class Split:
+    """The training images of one category, split into fitted and held-out (for the threshold)."""
+
+    folder: MVTecFolder
+    fit: list[int]
+    holdout: list[int]
+
+
+def open_categories(
+    roots: Sequence[str | Path], categories: Sequence[str] | None, image_size: int
+) -> list[MVTecFolder]:
+    """Every requested category across the dataset roots (names must be unique across roots)."""
+    found: dict[str, MVTecFolder] = {}
+    for root in roots:
+        for name in list_categories(root):
+            if categories and name not in categories:
+                continue
+            if name in found:
+                raise DatasetError(f"category {name!r} exists in both {found[name].root} and {root}")
+            found[name] = MVTecFolder(root, name, image_size)
+    if categories:
+        missing = [c for c in categories if c not in found]
+        if missing:
+            raise DatasetError(f"categories not found under {', '.join(map(str, roots))}: {', '.join(missing)}")
+    if not found:
+        raise DatasetError(f"no categories found under {', '.join(map(str, roots))}")
+    return list(found.values())
+
+
+def split_holdout(folder: MVTecFolder, fraction: float, seed: int) -> Split:
+    n = len(folder.train)
+    order = np.random.default_rng([seed, n]).permutation(n).tolist()
+    k = max(1, round(fraction * n)) if fraction > 0 and n >= 4 else 0
+    return Split(folder, sorted(order[k:]), sorted(order[:k]))
+
+
+@torch.no_grad()
+def encode(
+    model: ProAD, images: Sequence[np.ndarray], batch: int = 32, desc: str = "encode", progress: bool = True
+) -> list[torch.Tensor]:
+    """Encoder features of uint8 BGR images, one fp16 tensor per level."""
+    from tqdm import tqdm
+
+    chunks: list[list[torch.Tensor]] = []
+    for start in tqdm(range(0, len(images), batch), desc=desc, unit="batch", disable=not progress, leave=False):
+        x = torch.from_numpy(np.stack(images[start : start + batch]))
+        chunks.append([f.half() for f in model.features(x)])
+    return [torch.cat(level) for level in zip(*chunks, strict=True)]
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 1 % of the peak."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+@torch.no_grad()
+def score_cached(model: ProAD, feats: list[torch.Tensor], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(maps, scores) of cached features with the model in eval mode."""
+    model.eval()
+    maps, scores = [], []
+    for start in range(0, feats[0].shape[0], batch):
+        f = [lvl[start : start + batch].float() for lvl in feats]
+        amap = model.anomaly_map(f, model.decode(f).reconstructions)
+        maps.append(amap.numpy())
+        scores.append(model.score(amap).numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def calibrate(scores_by_category: dict[str, np.ndarray], quantile: float) -> tuple[float, dict[str, float]]:
+    """Global and per-category thresholds: the ``quantile`` of held-out normal scores."""
+    per = {c: float(np.quantile(s, quantile)) for c, s in scores_by_category.items() if len(s)}
+    all_scores = np.concatenate([s for s in scores_by_category.values() if len(s)])
+    return float(np.quantile(all_scores, quantile)), per
+
+
+def train(
+    roots: Sequence[str | Path],
+    out: str | Path,
+    model_cfg: ModelConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    categories: Sequence[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Checkpoint:
+    """Train one model on every category under ``roots`` and write its checkpoint to ``out``."""
+    from tqdm import tqdm
+
+    model_cfg = model_cfg or ModelConfig()
+    train_cfg = train_cfg or TrainConfig()
+    out = Path(out)
+    resume_path = out.with_name(out.name + ".resume")
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+
+    state: dict[str, Any] | None = None
+    if resume and resume_path.is_file():
+        state = _load_resume(resume_path, model_cfg, train_cfg)
+        log(f"resuming from {resume_path} at step {state['step']}")
+
+    t0 = time.perf_counter()
+    folders = open_categories(roots, categories, model_cfg.image_size)
+    splits = [split_holdout(f, train_cfg.holdout_fraction, train_cfg.seed) for f in folders]
+    torch.manual_seed(train_cfg.seed)
+    model = ProAD(model_cfg)
+
+    fit_feats: list[list[torch.Tensor]] = []
+    holdout_feats: dict[str, list[torch.Tensor]] = {}
+    for s in tqdm(splits, desc="encode categories", unit="cat", disable=not progress):
+        name = s.folder.category
+        imgs = [s.folder.image(s.folder.train[i]) for i in s.fit + s.holdout]
+        feats = encode(model, imgs, desc=name, progress=progress)
+        fit_feats.append([f[: len(s.fit)] for f in feats])
+        holdout_feats[name] = [f[len(s.fit) :] for f in feats]
+    cache = [torch.cat(level) for level in zip(*fit_feats, strict=True)]
+    n_fit = cache[0].shape[0]
+    t_encode = time.perf_counter() - t0
+    log(f"cached features of {n_fit} training images from {len(splits)} categories in {t_encode:.1f}s")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, train_cfg))
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model_state"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+
+    model.train()
+    t1 = time.perf_counter()
+    bar = tqdm(range(start, train_cfg.iterations), desc="train", unit="it", disable=not progress, initial=start,
+               total=train_cfg.iterations)
+    loss_ema = None
+    for step in bar:
+        idx = np.random.default_rng([train_cfg.seed, step]).integers(0, n_fit, train_cfg.batch_size)
+        torch.manual_seed(train_cfg.seed * 1_000_003 + step)
+        feats = [level[torch.from_numpy(idx)].float() for level in cache]
+        output = model.decode(feats)
+        loss, parts = proad_loss(feats, output, model.bank, model_cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        value = loss.item()
+        loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss_ema:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
+        if (step + 1) % train_cfg.checkpoint_every == 0 and step + 1 < train_cfg.iterations:
+            atomic_save(
+                {
+                    "format": RESUME_FORMAT,
+                    "step": step + 1,
+                    "model_config": model_cfg.model_dump(mode="json"),
+                    "train_config": train_cfg.model_dump(mode="json"),
+                    "model_state": model.trainable_state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                },
+                resume_path,
+            )
+    bar.close()
+    t_train = time.perf_counter() - t1
+
+    holdout_scores = {name: score_cached(model, f)[1] for name, f in holdout_feats.items() if f[0].shape[0]}
+    if holdout_scores:
+        threshold, per_cat = calibrate(holdout_scores, train_cfg.threshold_quantile)
+        source = f"q{train_cfg.threshold_quantile:g} of {sum(map(len, holdout_scores.values()))} held-out normal images"
+    else:  # no held-out images: fall back to the training images (biased low, said so)
+        train_scores = score_cached(model, cache)[1]
+        threshold = float(np.quantile(train_scores, train_cfg.threshold_quantile))
+        per_cat = {}
+        source = "training images (no hold-out: biased low)"
+        log("warning: no held-out images, threshold calibrated on training images")
+    all_holdout = np.concatenate(list(holdout_scores.values())) if holdout_scores else np.zeros(0)
+    ckpt = Checkpoint(
+        model_config=model_cfg,
+        state_dict=model.trainable_state_dict(),
+        threshold=threshold,
+        normalisation={
+            "input": "uint8 NHWC BGR, any camera image resized to image_size x image_size",
+            "mean_rgb": list(model.encoder.body.pretrained_cfg["mean"]),
+            "std_rgb": list(model.encoder.body.pretrained_cfg["std"]),
+            "normal_score_mean": float(all_holdout.mean()) if all_holdout.size else None,
+            "normal_score_std": float(all_holdout.std()) if all_holdout.size else None,
+        },
+        train_info={
+            "data": [str(Path(r).resolve()) for r in roots],
+            "categories": {s.folder.category: {"fit": len(s.fit), "holdout": len(s.holdout)} for s in splits},
+            "category_thresholds": per_cat,
+            "threshold_source": source,
+            "train_config": train_cfg.model_dump(mode="json"),
+            "encode_seconds": round(t_encode, 1),
+            "train_seconds": round(t_train, 1),
+            "final_loss": loss_ema,
+            "torch": str(torch.__version__),
+        },
+    )
+    save_checkpoint(ckpt, out)
+    if resume_path.exists():
+        os.remove(resume_path)
+    log(f"trained {train_cfg.iterations - start} iterations in {t_train:.0f}s; threshold {threshold:.4f} ({source})")
+    return ckpt
+
+
+def _load_resume(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: unreadable training snapshot ({type(exc).__name__}); delete it to start over"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise CheckpointError(f"{path}: not a training snapshot")
+    if state.get("model_config") != model_cfg.model_dump(mode="json"):
+        raise CheckpointError(f"{path}: snapshot was taken with another model config; delete it to start over")
+    saved = dict(state.get("train_config") or {})
+    now = train_cfg.model_dump(mode="json")
+    for key in ("batch_size", "seed", "lr", "warmup", "iterations", "holdout_fraction"):
+        if saved.get(key) != now.get(key):
+            raise CheckpointError(
+                f"{path}: snapshot used {key}={saved.get(key)!r}, now {now.get(key)!r}; delete it to start over"
+            )
+    return state

@@ -1,0 +1,154 @@
+"""The Pro-AD module: shapes, the constraint's convex-hull invariant, map and score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import nnls
+
+import proad.model as model_module
+from proad.config import ModelConfig
+from proad.data.synth import render
+from proad.model import InputNorm, ProAD, prototype_constraint
+
+
+def hull_residual(points: torch.Tensor, vertices: torch.Tensor) -> float:
+    """Largest distance from a point to the convex hull of ``vertices`` (NNLS with a sum-to-one row)."""
+    v = vertices.detach().double().numpy()
+    a = np.vstack([v.T, 1000.0 * np.ones((1, v.shape[0]))])
+    worst = 0.0
+    for p in points.detach().double().reshape(-1, v.shape[1]).numpy():
+        w, _ = nnls(a, np.r_[p, 1000.0])
+        worst = max(worst, float(np.linalg.norm(v.T @ w - p)))
+    return worst
+
+
+def test_constraint_output_lies_in_the_bank_hull() -> None:
+    torch.manual_seed(0)
+    bank = torch.randn(24, 16)
+    p = torch.randn(2, 10, 16) * 3
+    out = prototype_constraint(p, bank, tau=0.1)
+    assert out.shape == p.shape
+    assert hull_residual(out, bank) < 1e-6
+    assert hull_residual(p, bank) > 0.1  # the input was not: the test can fail
+
+
+def test_constraint_as_first_written_collapses_to_the_bank_mean() -> None:
+    """Why DESIGN §2's first form over-constrained: small logits at tau = sqrt(D) give a uniform softmax."""
+    torch.manual_seed(0)
+    bank = torch.randn(256, 128) * 0.02  # the bank's initial scale
+    p = bank[None] + 0.02 * torch.randn(1, 256, 128)  # P_0 = B, then adapted a little
+    out = prototype_constraint(p, bank, tau=128**0.5, similarity="dot")
+    spread = (out - bank.mean(0)).norm(dim=-1).max() / bank.norm(dim=-1).mean()
+    assert spread < 0.05
+    sharp = prototype_constraint(p, bank, tau=0.05, similarity="cosine")
+    assert (sharp - bank.mean(0)).norm(dim=-1).max() / bank.norm(dim=-1).mean() > 0.5
+
+
+@pytest.fixture(scope="module")
+def model(small_cfg: ModelConfig) -> ProAD:
+    torch.manual_seed(0)
+    return ProAD(small_cfg).eval()
+
+
+def _batch(n: int = 2) -> torch.Tensor:
+    return torch.from_numpy(np.stack([render("marble", index=i).image for i in range(n)]))
+
+
+def test_forward_contract(model: ProAD) -> None:
+    x = _batch()
+    with torch.no_grad():
+        amap, score = model(x)
+    assert amap.shape == (2, 256, 256) and amap.dtype == torch.float32
+    assert score.shape == (2,)
+    k = round(256 * 256 * 0.01)
+    expected = np.sort(amap.numpy().reshape(2, -1), axis=1)[:, -k:].mean(1)
+    np.testing.assert_allclose(score.numpy(), expected, rtol=1e-5)
+
+
+def test_input_norm_takes_bgr_uint8_nhwc() -> None:
+    norm = InputNorm((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    img = torch.zeros(1, 2, 2, 3, dtype=torch.uint8)
+    img[..., 0] = 255  # blue in BGR
+    out = norm(img)
+    assert out.shape == (1, 3, 2, 2)
+    assert torch.allclose(out[0, 2], torch.ones(2, 2)) and torch.allclose(out[0, 0], -torch.ones(2, 2))
+
+
+def test_identical_features_give_a_zero_map(model: ProAD) -> None:
+    with torch.no_grad():
+        feats = model.features(_batch(1))
+        amap = model.anomaly_map(feats, feats)
+    assert amap.abs().max() < 1e-5
+
+
+def test_every_attention_goes_through_proto_attention(model: ProAD, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = model_module.proto_attention
+
+    def counting(q, k, v, scale):
+        calls.append((tuple(q.shape), tuple(k.shape)))
+        return real(q, k, v, scale)
+
+    monkeypatch.setattr(model_module, "proto_attention", counting)
+    with torch.no_grad():
+        model(_batch(1))
+    # per layer: aggregation, constraint, reconstruction
+    assert len(calls) == 3 * model.cfg.layers
+    assert calls[0] == ((1, 2, 16, 16), (1, 2, 256, 16))  # 16 prototypes query 256 tokens
+    assert calls[1] == ((1, 1, 16, 32), (1, 1, 16, 32))  # the constraint: one head over the bank
+    assert calls[2] == ((1, 2, 256, 16), (1, 2, 16, 16))  # 256 tokens read 16 prototypes
+
+
+def _reconstruction_inputs(m: ProAD) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    hooks = [layer.rec_norm_p.register_forward_pre_hook(lambda mod, args: seen.append(args[0])) for layer in m.layers]
+    with torch.no_grad():
+        m(_batch(1))
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_tokens_read_only_the_bank_hull(small_cfg: ModelConfig) -> None:
+    """The invariant the shipped constraint guarantees: reconstruction keys/values come from hull(B)."""
+    torch.manual_seed(0)
+    constrained = ProAD(small_cfg).eval()
+    for kv in _reconstruction_inputs(constrained):
+        assert hull_residual(kv, constrained.bank) < 1e-5
+    free = ProAD(small_cfg.model_copy(update={"constraint": "none"})).eval()
+    assert max(hull_residual(kv, free.bank) for kv in _reconstruction_inputs(free)) > 1e-3
+
+
+def test_bottleneck_noise_only_while_training(model: ProAD) -> None:
+    with torch.no_grad():
+        feats = model.features(_batch(1))
+        a = model.decode(feats).reconstructions[0]
+        b = model.decode(feats).reconstructions[0]
+        model.train()
+        c = model.decode(feats).reconstructions[0]
+        model.eval()
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    assert not model.encoder.training
+
+
+def test_layers_are_grouped_over_levels() -> None:
+    cfg = ModelConfig(dim=32, heads=2, layers=5, prototypes=8, feature_levels=(2, 3, 4))
+    m = ProAD(cfg)
+    assert m.groups == [[0, 1], [2, 3], [4]]
+    with torch.no_grad():
+        recs = m.decode(m.features(_batch(1))).reconstructions
+    assert [tuple(r.shape[1:]) for r in recs] == [(40, 32, 32), (112, 16, 16), (320, 8, 8)]
+
+
+def test_config_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="divisible by heads"):
+        ModelConfig(dim=30, heads=4)
+    with pytest.raises(ValueError, match="extra"):
+        ModelConfig(protoypes=6)  # misspelt: refused, not ignored
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ModelConfig(image_size=100)
+    with pytest.raises(ValueError, match="feature levels"):
+        ModelConfig(layers=1, feature_levels=(2, 3))

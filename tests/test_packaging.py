@@ -1,0 +1,45 @@
+"""One import namespace: the top-level folders install as proad.*, never as edge/export/kernels."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from conftest import REPO
+
+
+def test_distribution_installs_only_the_proad_namespace() -> None:
+    dist = metadata.distribution("proad-edge")
+    top = (dist.read_text("top_level.txt") or "").split()
+    assert top == ["proad"]
+    extras = set(dist.metadata.get_all("Provides-Extra") or [])
+    assert {"train", "onnx", "tensorrt", "dev"} <= extras
+
+
+def test_subpackages_map_to_the_top_level_folders() -> None:
+    for name, folder in (("proad.kernels", "kernels"), ("proad.export", "export"), ("proad.edge", "edge")):
+        module = importlib.import_module(name)
+        assert Path(module.__file__).parent == REPO / folder
+
+
+def test_generic_names_are_not_importable_outside_the_checkout(tmp_path: Path) -> None:
+    code = (
+        "import importlib.util, sys\n"
+        "sys.path = [p for p in sys.path if p not in ('', '.')]\n"
+        "import proad.kernels\n"
+        "print([n for n in ('edge', 'export', 'kernels') if importlib.util.find_spec(n)])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_model_code_never_imports_edge_code() -> None:
+    for path in (REPO / "proad").rglob("*.py"):
+        text = path.read_text()
+        assert "proad.edge" not in text and "import edge" not in text, path
+    for path in (REPO / "kernels").rglob("*.py"):
+        lines = [ln for ln in path.read_text().splitlines() if ln.startswith(("import ", "from "))]
+        assert all("proad." not in ln or "proad.kernels" in ln for ln in lines), path

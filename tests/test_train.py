@@ -1,0 +1,119 @@
+"""Training: multi-class, calibrated threshold, resumable; the CLIs end to end on generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import proad.train as train_module
+from conftest import BOTTLE
+from proad.checkpoint import CheckpointError, build_model, load_checkpoint
+from proad.cli import eval_main, synth_main, train_main
+from proad.config import ModelConfig, TrainConfig
+from proad.data.folder import DatasetError
+from proad.train import calibrate, encode, open_categories, score_cached, split_holdout, train
+
+
+def test_train_calibrates_on_held_out_normals(tiny_data: Path, tmp_path: Path, small_cfg: ModelConfig) -> None:
+    cfg = TrainConfig(iterations=15, batch_size=4, warmup=3, holdout_fraction=0.25, threshold_quantile=0.9)
+    ckpt = train([tiny_data], tmp_path / "m.pt", small_cfg, cfg, progress=False, log=lambda s: None)
+    assert (tmp_path / "m.pt").is_file() and not (tmp_path / "m.pt.resume").exists()
+    info = ckpt.train_info
+    assert info["categories"] == {"board": {"fit": 9, "holdout": 3}, "marble": {"fit": 9, "holdout": 3}}
+    # recompute the threshold from the held-out images with the saved model
+    model = build_model(load_checkpoint(tmp_path / "m.pt"))
+    scores = {}
+    for folder in open_categories([tiny_data], None, 256):
+        split = split_holdout(folder, 0.25, 0)
+        feats = encode(model, [folder.image(folder.train[i]) for i in split.holdout], progress=False)
+        scores[folder.category] = score_cached(model, feats)[1]
+    threshold, per_cat = calibrate(scores, 0.9)
+    assert ckpt.threshold == pytest.approx(threshold, rel=1e-5)
+    assert ckpt.threshold == pytest.approx(np.quantile(np.concatenate(list(scores.values())), 0.9), rel=1e-5)
+    assert info["category_thresholds"] == pytest.approx(per_cat, rel=1e-5)
+    assert ckpt.threshold > min(s.min() for s in scores.values())  # never the minimum score
+
+
+def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path, small_cfg: ModelConfig, monkeypatch) -> None:
+    cfg = TrainConfig(iterations=12, batch_size=4, warmup=2, checkpoint_every=5, holdout_fraction=0.25)
+    straight = train([tiny_data], tmp_path / "a.pt", small_cfg, cfg, progress=False, log=lambda s: None)
+
+    real_loss = train_module.proad_loss
+    calls = {"n": 0}
+
+    def crash_at_step_8(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "proad_loss", crash_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train([tiny_data], tmp_path / "b.pt", small_cfg, cfg, progress=False, log=lambda s: None)
+    assert (tmp_path / "b.pt.resume").is_file() and not (tmp_path / "b.pt").exists()
+    monkeypatch.setattr(train_module, "proad_loss", real_loss)
+    messages: list[str] = []
+    resumed = train([tiny_data], tmp_path / "b.pt", small_cfg, cfg, resume=True, progress=False, log=messages.append)
+    assert any("at step 5" in m for m in messages)
+    for k, v in straight.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[k], v, msg=k)
+    with pytest.raises(CheckpointError, match="another model config"):
+        torch.save({"format": "proad-train-state", "model_config": {}}, tmp_path / "c.pt.resume")
+        train([tiny_data], tmp_path / "c.pt", small_cfg, cfg, resume=True, progress=False, log=lambda s: None)
+
+
+def test_categories_must_exist_and_be_unique(tiny_data: Path) -> None:
+    with pytest.raises(DatasetError, match=r"not found .*: carpet"):
+        open_categories([tiny_data], ["carpet"], 256)
+    with pytest.raises(DatasetError, match="exists in both"):
+        open_categories([tiny_data, tiny_data], None, 256)
+
+
+def test_clis_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, ckpt, out = tmp_path / "data", tmp_path / "m.pt", tmp_path / "eval.json"
+    assert synth_main(["--out", str(data), "--categories", "weave", "--train", "8", "--test-good", "2",
+                       "--test-per-defect", "1", "--quiet"]) == 0
+    assert train_main(["--data", str(data), "--out", str(ckpt), "--iterations", "6", "--batch-size", "4", "--quiet",
+                       "--set", "dim=32", "heads=2", "layers=2", "prototypes=8"]) == 0
+    assert eval_main(["--data", str(data), "--checkpoint", str(ckpt), "--json", str(out), "--viz",
+                      str(tmp_path / "viz"), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    weave = result["categories"]["weave"]
+    for key in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"):
+        assert 0.0 <= weave[key] <= 1.0
+        assert result["mean"][key] == weave[key]
+    assert weave["images"] == 6 and weave["defective"] == 4
+    assert len(list((tmp_path / "viz" / "weave").glob("*.png"))) >= 3
+    assert "| weave |" in capsys.readouterr().out
+
+
+def test_cli_bad_input_exit_codes(tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "dataset root not found" in capsys.readouterr().err
+    assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "m.pt"), "--set", "dim=30"]) == 2
+    assert "divisible by heads" in capsys.readouterr().err
+    (tmp_path / "cfg.yaml").write_text("prototypes: [1, 2\n")
+    assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "m.pt"), "--model-config",
+                       str(tmp_path / "cfg.yaml")]) == 2
+    assert "cannot read --model-config" in capsys.readouterr().err
+    assert synth_main(["--out", str(tmp_path / "s"), "--categories", "carpet"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        train_main(["--help"])
+    assert exc.value.code == 0
+
+
+@pytest.mark.skipif(not BOTTLE.is_dir(), reason=f"real MVTec AD bottle set not present at {BOTTLE}")
+def test_short_training_detects_real_bottle_defects(tmp_path: Path) -> None:
+    """What works on generated data works on real camera images: a short run already separates them."""
+    from proad.evaluate import evaluate
+
+    ckpt = train([BOTTLE], tmp_path / "bottle.pt", ModelConfig(), TrainConfig(iterations=120, warmup=20),
+                 progress=False, log=lambda s: None)
+    result = evaluate(build_model(ckpt), open_categories([BOTTLE], None, 256), ckpt.threshold, progress=False)
+    bottle = result["categories"]["bottle"]
+    assert bottle["image_auroc"] >= 0.95
+    assert bottle["pixel_auroc"] >= 0.9
