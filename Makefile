@@ -5,13 +5,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.proad-installed
 DEMO   := demo
+# NVIDIA's TensorRT 11.4 bindings (real API names, real tensorrt.plugin source) and the 10.13 type
+# stubs: test oracles only, installed apart so that `import tensorrt` keeps meaning "the real one".
+ORACLE := $(VENV)/trt-oracle
 
 .PHONY: test demo venv clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,onnx,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,onnx,export,dev]'
+	$(PY) -m pip install -q --no-deps --target $(ORACLE)/trt11 tensorrt-cu13-bindings==11.4.0.106
+	$(PY) -m pip install -q --no-deps --target $(ORACLE)/trt10 tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
 
 venv: $(STAMP)

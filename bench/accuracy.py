@@ -138,10 +138,8 @@ def main() -> int:
             "categories": result["categories"],
         }
         print(f"{name}: {data['variants'][name]['summary']}", flush=True)
-        write_results("accuracy", data, table(data))
-    js, md = write_results("accuracy", data, table(data))
-    print(table(data))
-    print(f"wrote {js} and {md}")
+        write_results("accuracy", data, table(data), show=False)  # keep finished variants if interrupted
+    write_results("accuracy", data, table(data))
     return 0
 
 

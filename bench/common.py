@@ -46,10 +46,13 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def write_results(name: str, data: dict[str, Any], table: str) -> tuple[Path, Path]:
-    """``results/<name>.json`` and ``results/<name>.md``."""
+def write_results(name: str, data: dict[str, Any], table: str, show: bool = True) -> tuple[Path, Path]:
+    """Write ``results/<name>.json`` and ``results/<name>.md``; with ``show``, print the table and paths."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
     js.write_text(json.dumps(data, indent=2) + "\n")
     md.write_text(table.rstrip() + "\n")
+    if show:
+        print(table)
+        print(f"wrote {js} and {md}")
     return js, md

@@ -44,7 +44,7 @@ def use_implementation(name: Implementation) -> Iterator[None]:
 
 
 def _triton_fits(q: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor) -> bool:
-    from proad.kernels.triton_kernel import MAX_HEAD_DIM, MAX_PROTOTYPES
+    from proad.kernels.plugin_spec import MAX_HEAD_DIM, MAX_PROTOTYPES
 
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k_p.requires_grad or v_p.requires_grad)
     return (

@@ -7,42 +7,30 @@ masked: any N, any M up to 1024, head dims up to 128 (padded to a power of two o
 Prototype banks shared by the whole batch come in with batch stride 0 (an ``expand``), so they are
 read, never copied.
 
-The same ``@triton.jit`` function is what three callers run:
+The same jitted function is what three callers run:
 
 - :func:`proto_attention_triton` on CUDA tensors (and on CPU tensors under ``TRITON_INTERPRET=1``,
   which is how CI tests it against the torch reference);
-- the TensorRT plugin's ``aot_impl``, which compiles it to PTX with :func:`compile_ptx` so the
-  engine carries the kernel and the daemon needs no Python plugin code;
+- the TensorRT plugin's ``aot_impl``, which compiles it to PTX so the engine carries the kernel and
+  the daemon needs no Python plugin code;
 - the plugin's JIT ``impl`` for TensorRT 10.6-10.8.
 
-The argument order (input pointers, integer strides and sizes, output pointer, then constexprs,
-the scale among them) is TensorRT's AOT plugin convention; :data:`KERNEL_ARGS` names the integers
-and the plugin builds its symbolic argument list from the same table. The scale is a compile-time
-constant because AOT plugin attributes are not serialised into the engine: each attention site
-compiles its own specialisation (the model has two scales, so two variants).
+The argument order (input pointers, integer strides and sizes, output pointer, then constexprs)
+is TensorRT's AOT plugin convention; :data:`proad.kernels.plugin_spec.KERNEL_ARGS` names the
+integers, and the plugin builds its symbolic argument list with the same functions. The scale is a
+compile-time constant because AOT plugin attributes are not serialised into the engine: each
+attention site compiles its own specialisation (the model has two scales, so two variants).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-#: The kernel's integer arguments, in order, between the input pointers (Q, K, V) and the output
-#: pointer Out: the layout TensorRT's AOT plugins use (scalars after the inputs, before the outputs).
-KERNEL_ARGS: tuple[str, ...] = (
-    "stride_qb", "stride_qh", "stride_qn", "stride_qd",
-    "stride_kb", "stride_kh", "stride_km", "stride_kd",
-    "stride_vb", "stride_vh", "stride_vm", "stride_vd",
-    "stride_ob", "stride_oh", "stride_on", "stride_od",
-    "heads", "n_queries", "n_protos",
-)  # fmt: skip
-
-MAX_PROTOTYPES = 1024
-MAX_HEAD_DIM = 128
+from proad.kernels.plugin_spec import ceil_div, grid, tiles
 
 
 @triton.jit
@@ -123,34 +111,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
-    """Tile sizes and grid of one launch; the plugin computes the same from shape expressions."""
+def proto_attention_triton(
+    q: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor, scale: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Run the fused kernel. k_p / v_p may have batch 1 (broadcast without a copy).
 
-    block_n: int
-    block_m: int
-    block_d: int
-    num_warps: int
-
-    def grid(self, batch: int, heads: int, n_queries: int) -> tuple[int, int]:
-        return (triton.cdiv(n_queries, self.block_n), batch * heads)
-
-
-def launch_config(n_queries: int, n_protos: int, head_dim: int) -> LaunchConfig:
-    """Tiles for a shape: 64 queries x 64 prototypes, smaller for tiny problems (tl.dot needs >= 16)."""
-    if not 1 <= n_protos <= MAX_PROTOTYPES:
-        raise ValueError(f"prototype count must be 1..{MAX_PROTOTYPES}, got {n_protos}")
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head dim must be 1..{MAX_HEAD_DIM}, got {head_dim}")
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    block_n = min(64, max(16, triton.next_power_of_2(n_queries)))
-    block_m = min(64, max(16, triton.next_power_of_2(n_protos)))
-    num_warps = 4 if block_d <= 64 else 8
-    return LaunchConfig(block_n, block_m, block_d, num_warps)
-
-
-def proto_attention_triton(q: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor, scale: float) -> torch.Tensor:
-    """Run the fused kernel. k_p / v_p may have batch 1 (broadcast without a copy)."""
+    ``out``: write the result there (the TensorRT JIT plugin passes its output buffer).
+    """
     if q.dim() != 4 or k_p.dim() != 4 or v_p.dim() != 4:
         raise ValueError("q, k_p and v_p must be 4-d [B, H, N|M, d]")
     b, h, n, d = q.shape
@@ -161,15 +128,17 @@ def proto_attention_triton(q: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor
     if not (q.dtype == k_p.dtype == v_p.dtype):
         raise ValueError(f"q, k_p, v_p must share a dtype, got {q.dtype}, {k_p.dtype}, {v_p.dtype}")
     m = k_p.shape[2]
-    cfg = launch_config(n, m, d)
-    o = torch.empty_like(q, memory_format=torch.contiguous_format)
-    proto_attention_kernel[cfg.grid(b, h, n)](
+    t = tiles(n, m, d)
+    o = torch.empty_like(q, memory_format=torch.contiguous_format) if out is None else out
+    if o.shape != q.shape or o.dtype != q.dtype:
+        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype}, got {tuple(o.shape)} {o.dtype}")
+    proto_attention_kernel[grid(q.shape, t.block_n, ceil_div)](
         q, k_p, v_p,
         *q.stride(), *k_p.stride(), *v_p.stride(), *o.stride(),
         h, n, m,
         o,
-        SCALE=float(scale), HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
+        SCALE=float(scale), HEAD_DIM=d, BLOCK_D=t.block_d, BLOCK_N=t.block_n, BLOCK_M=t.block_m,
         DOT_FP32=q.dtype == torch.bfloat16 and interpreting(),
-        num_warps=cfg.num_warps,
+        num_warps=t.num_warps,
     )  # fmt: skip
     return o

@@ -18,7 +18,6 @@ traceback. Files are written to a temporary name and renamed, so a crash never l
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from proad.artifacts import file_sha256
 from proad.config import ModelConfig, format_validation_error
 
 FORMAT = "proad-checkpoint"
@@ -71,14 +71,6 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> None:
     atomic_save(ckpt.to_dict(), path)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -48,7 +48,7 @@ class InputNorm(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).flip(1).float()  # NHWC BGR -> NCHW RGB
+        x = image.permute(0, 3, 1, 2).flip(1).to(self.mean.dtype)  # NHWC BGR -> NCHW RGB, model dtype
         return (x - self.mean) / self.std
 
 
@@ -226,7 +226,8 @@ class ProAD(nn.Module):
     def decode(self, feats: list[torch.Tensor]) -> DecoderOutput:
         """Reconstruct every level from the prototypes (training runs this on cached features)."""
         levels = zip(feats, self.level_strides, self.project, strict=True)
-        level_tokens = [proj(self._to_grid(f.float(), s)) for f, s, proj in levels]
+        dtype = self.bank.dtype  # cached fp16 features train an fp32 decoder; an fp16 export stays fp16
+        level_tokens = [proj(self._to_grid(f.to(dtype), s)) for f, s, proj in levels]
         fused = torch.stack(level_tokens).sum(0)
         tokens = self.bottleneck(self.bottleneck_in_drop(fused))
         protos = self.bank.unsqueeze(0).expand(fused.shape[0], -1, -1)
@@ -245,15 +246,18 @@ class ProAD(nn.Module):
         return DecoderOutput(recs, fused, torch.stack(gaps).mean())
 
     def anomaly_map(self, feats: list[torch.Tensor], recs: list[torch.Tensor]) -> torch.Tensor:
-        """``1 - cos`` per level, bilinear to the input size, mean over levels, Gaussian smoothing."""
+        """``1 - cos`` per level, bilinear to the input size, mean over levels, Gaussian smoothing.
+
+        Always computed in fp32, also in an fp16 model: the map's small differences are the signal.
+        """
         size = self.cfg.image_size
         maps = []
         for f, r in zip(feats, recs, strict=True):
-            d = 1.0 - F.cosine_similarity(f.float(), r, dim=1).unsqueeze(1)
+            d = 1.0 - F.cosine_similarity(f.float(), r.float(), dim=1).unsqueeze(1)
             maps.append(F.interpolate(d, size=(size, size), mode="bilinear", align_corners=False))
         m = torch.stack(maps).mean(0)
         if self.cfg.map_sigma > 0:
-            k = self.blur
+            k = self.blur.float()
             pad = k.numel() // 2
             m = F.pad(m, (pad, pad, pad, pad), mode="reflect")
             m = F.conv2d(m, k.view(1, 1, 1, -1))
@@ -263,7 +267,7 @@ class ProAD(nn.Module):
     def score(self, amap: torch.Tensor) -> torch.Tensor:
         """Image score: mean of the top ``score_top_fraction`` of the map's values."""
         flat = amap.flatten(1)
-        k = max(1, round(flat.shape[1] * self.cfg.score_top_fraction))
+        k = max(1, round(self.cfg.image_size**2 * self.cfg.score_top_fraction))  # static for export
         return flat.topk(k, dim=1).values.mean(1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

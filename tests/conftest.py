@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,12 @@ import torch
 
 from proad.config import ModelConfig
 from proad.data.synth import write_dataset
+
+# Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors (set before any kernel
+# module is imported: @triton.jit reads it when the kernel is defined; nothing above imports one).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 REPO = Path(__file__).resolve().parent.parent
 BOTTLE = REPO.parent / "shared" / "data" / "mvtec_bottle_256"

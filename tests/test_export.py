@@ -1,0 +1,210 @@
+"""ONNX export (plain, plugin, fp16, fixed batch), its checks, and the proad-export CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from proad.artifacts import EngineInfo, OnnxMetadata, sidecar_path
+from proad.checkpoint import Checkpoint, load_model, save_checkpoint
+from proad.config import ModelConfig
+from proad.export.cli import main as export_main
+from proad.export.onnx_export import attention_count, export_onnx, read_metadata, sample_images
+from proad.export.ort_plugin import plugin_session
+from proad.kernels.plugin_spec import PLUGIN_NAME, PLUGIN_NAMESPACE
+from proad.model import ProAD
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory: pytest.TempPathFactory, small_cfg: ModelConfig) -> Path:
+    torch.manual_seed(3)
+    model = ProAD(small_cfg)
+    with torch.no_grad():
+        model.bank.mul_(20.0)  # a bank away from its init, so the constraint does real work
+    path = tmp_path_factory.mktemp("export") / "model.pt"
+    save_checkpoint(
+        Checkpoint(small_cfg, model.trainable_state_dict(), 0.3, train_info={"category_thresholds": {"board": 0.31}}),
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def plain(ckpt_path: Path) -> tuple[Path, object]:
+    out = ckpt_path.with_name("plain.onnx")
+    return out, export_onnx(ckpt_path, out)
+
+
+def _ort(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": images})
+
+
+def test_plain_export_contract(plain, ckpt_path: Path) -> None:
+    path, report = plain
+    assert report.max_abs_error_map <= 1e-4 and report.max_abs_error_score <= 1e-4
+    model = onnx.load(str(path))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (inp,) = model.graph.input
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [256, 256, 3]  # dynamic batch, NHWC
+    assert [o.name for o in model.graph.output] == ["anomaly_map", "score"]
+    meta = read_metadata(path)
+    _, ckpt = load_model(ckpt_path)
+    assert meta.checkpoint_sha256 == ckpt.sha256 and meta.threshold == 0.3 and not meta.plugin
+    assert meta.category_thresholds == {"board": 0.31}
+    assert ModelConfig.model_validate_json(meta.model_config_json) == ckpt.model_config
+    assert not any(n.op_type == PLUGIN_NAME for n in model.graph.node)
+
+
+def test_onnx_runtime_matches_torch_on_a_batch_of_three(plain, ckpt_path: Path) -> None:
+    path, _ = plain
+    images = sample_images(256, 3)
+    amap, score = _ort(path, images)
+    model, _ = load_model(ckpt_path)
+    with torch.no_grad():
+        ref_map, ref_score = model(torch.from_numpy(images))
+    assert amap.shape == (3, 256, 256) and amap.dtype == np.float32 and score.shape == (3,)
+    np.testing.assert_allclose(amap, ref_map.numpy(), atol=1e-4)
+    np.testing.assert_allclose(score, ref_score.numpy(), atol=1e-4)
+
+
+def test_plugin_graph_runs_in_onnx_runtime_and_equals_the_plain_graph(plain, ckpt_path: Path) -> None:
+    out = ckpt_path.with_name("plugin.onnx")
+    report = export_onnx(ckpt_path, out, plugin=True)
+    model = onnx.load(str(out))
+    nodes = [n for n in model.graph.node if n.op_type == PLUGIN_NAME]
+    assert len(nodes) == report.attention_nodes == attention_count(ModelConfig.model_validate_json(
+        read_metadata(out).model_config_json)) == 6
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert nodes[0].domain == PLUGIN_NAMESPACE
+    assert attrs["plugin_namespace"] == b"proad" and attrs["plugin_version"] == b"1" and attrs["aot"] == 1
+    assert not any(n.op_type == "Softmax" for n in model.graph.node)  # every attention was replaced
+    assert read_metadata(out).plugin
+    images = sample_images(256, 2)
+    fused_map, _ = plugin_session(model).run(None, {"image": images})
+    plain_map, _ = _ort(plain[0], images)
+    np.testing.assert_allclose(fused_map, plain_map, atol=1e-5)
+    assert report.plugin_vs_plain is not None and report.plugin_vs_plain <= 1e-5
+
+
+def test_fp16_export_keeps_fp32_outputs(ckpt_path: Path) -> None:
+    out = ckpt_path.with_name("fp16.onnx")
+    report = export_onnx(ckpt_path, out, precision="fp16", batch=2)
+    model = onnx.load(str(out))
+    floats = {i.data_type for i in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in floats
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2  # fixed batch
+    assert report.max_abs_error_map <= 5e-2 and read_metadata(out).precision == "fp16"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from proad.export.cli import main; raise SystemExit(main())", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_onnx_cli_exit_codes(ckpt_path: Path, tmp_path: Path) -> None:
+    assert export_main(["onnx", "--checkpoint", str(ckpt_path), "--out", str(tmp_path / "m.onnx"),
+                        "--report", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["max_abs_error_map"] <= 1e-4
+    # a tolerance nothing can meet: the check fails, exit 1
+    assert export_main(["onnx", "--checkpoint", str(ckpt_path), "--out", str(tmp_path / "t.onnx"),
+                        "--tolerance", "0"]) == 1
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    bad = _cli("onnx", "--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "x.onnx"))
+    assert bad.returncode == 2 and "not a readable Pro-AD checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+    assert _cli("onnx", "--checkpoint", str(ckpt_path), "--out", "x.onnx", "--batch", "0").returncode == 2
+
+
+def test_build_engine_help_documents_every_option() -> None:
+    out = _cli("build-engine", "--help")
+    assert out.returncode == 0
+    for option in ("--onnx", "--out", "--fp16", "--min-batch", "--opt-batch", "--max-batch", "--workspace-mb",
+                   "--timing-cache", "--verbose"):
+        assert option in out.stdout, option
+
+
+def test_build_engine_argument_errors_exit_2(plain, tmp_path: Path) -> None:
+    path, _ = plain
+    cases = {
+        "ONNX file not found": ["--onnx", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "m.engine")],
+        "min <= opt <= max": ["--onnx", str(path), "--out", str(tmp_path / "m.engine"), "--min-batch", "8",
+                              "--opt-batch", "4"],
+        "should end in .engine": ["--onnx", str(path), "--out", str(tmp_path / "m.plan")],
+        "at least 16": ["--onnx", str(path), "--out", str(tmp_path / "m.engine"), "--workspace-mb", "1"],
+    }
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(foreign))
+    cases["not a proad-export ONNX graph"] = ["--onnx", str(foreign), "--out", str(tmp_path / "m.engine")]
+    for message, args in cases.items():
+        out = _cli("build-engine", *args)
+        assert out.returncode == 2, (message, out.stderr)
+        assert message in out.stderr
+
+
+def test_build_engine_without_tensorrt_exits_3(plain, tmp_path: Path) -> None:
+    from proad.kernels.trt_plugin import TensorRTUnavailable, import_tensorrt
+
+    try:
+        import_tensorrt()
+        pytest.skip("TensorRT is installed here: the engine would be built")
+    except TensorRTUnavailable:
+        pass
+    out = _cli("build-engine", "--onnx", str(plain[0]), "--out", str(tmp_path / "m.engine"))
+    assert out.returncode == 3
+    assert "TensorRT" in out.stderr and "proad-edge[tensorrt]" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_engine_sidecar_names_what_must_match() -> None:
+    info = EngineInfo(tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100", compute_capability="9.0",
+                      precision="fp16", strongly_typed=True, profile={"min": [1, 256, 256, 3]}, onnx_sha256="ab")
+    assert info.mismatch("10.13.0.35", "9.0") is None
+    assert "built with TensorRT 10.13.0.35, running 11.4.0.106" in info.mismatch("11.4.0.106", "9.0")
+    assert "compute capability 9.0, this GPU is 8.9" in info.mismatch("10.13.0.35", "8.9")
+    assert sidecar_path("a/model.engine") == Path("a/model.engine.json")
+    again = EngineInfo.model_validate_json(info.model_dump_json())
+    assert again == info and again.plugin_name == "ProtoAttention" and again.plugin_version == "1"
+
+
+def test_metadata_round_trip_and_refusal() -> None:
+    meta = OnnxMetadata(model_config_json="{}", threshold=0.5, checkpoint_sha256="f" * 64, precision="fp32",
+                        plugin=True, image_size=256)
+    assert OnnxMetadata.from_props(meta.to_props()) == meta
+    with pytest.raises(ValueError):
+        OnnxMetadata.from_props({"format": "other"})
+
+
+def _tensorrt_real() -> bool:
+    from proad.kernels.trt_plugin import TensorRTUnavailable, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except TensorRTUnavailable:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _tensorrt_real(), reason="building an engine needs TensorRT with its libraries and an NVIDIA "
+                    "GPU; neither is here")
+def test_build_engine_on_gpu(ckpt_path: Path, tmp_path: Path) -> None:  # pragma: no cover - GPU machines only
+    from proad.export.engine import BuildRequest, build_engine
+
+    graph = tmp_path / "plugin.onnx"
+    export_onnx(ckpt_path, graph, plugin=True)
+    engine = tmp_path / "m.engine"
+    info = build_engine(BuildRequest(graph, engine, max_batch=4, timing_cache=tmp_path / "cache.bin"))
+    assert engine.stat().st_size > 0 and (tmp_path / "cache.bin").is_file()
+    assert EngineInfo.model_validate_json(sidecar_path(engine).read_text()) == info
+    assert info.profile["max"] == [4, 256, 256, 3]
