@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -36,10 +37,21 @@ def test_generic_names_are_not_importable_outside_the_checkout(tmp_path: Path) -
     assert out.stdout.strip() == "[]"
 
 
-def test_model_code_never_imports_edge_code() -> None:
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_layering_is_one_way() -> None:
+    """DESIGN §1: model code never imports edge (or export) code; kernels import nothing of ours."""
     for path in (REPO / "proad").rglob("*.py"):
-        text = path.read_text()
-        assert "proad.edge" not in text and "import edge" not in text, path
+        bad = {m for m in _imports(path) if m.startswith(("proad.edge", "proad.export", "edge", "export"))}
+        assert not bad, f"{path} imports {bad}"
     for path in (REPO / "kernels").rglob("*.py"):
-        lines = [ln for ln in path.read_text().splitlines() if ln.startswith(("import ", "from "))]
-        assert all("proad." not in ln or "proad.kernels" in ln for ln in lines), path
+        bad = {m for m in _imports(path) if m.startswith("proad") and not m.startswith("proad.kernels")}
+        assert not bad, f"{path} imports {bad}"
