@@ -26,11 +26,17 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-## make demo: generate data, train the demo model (a few minutes on 2 cores), print its evaluation
-demo: $(DEMO)/model.pt
+## make demo: the demo model (trained on generated data the first time, ~3 min on 2 cores) exported to
+## ONNX, the daemon on a synthetic camera, and a live subscriber printing OK/NG results, then a summary
+demo: $(DEMO)/model.onnx
+	$(VENV)/bin/proad-edge demo --workdir $(DEMO) --seconds 20
+
+$(DEMO)/eval.json: $(DEMO)/model.pt
 	$(VENV)/bin/proad-eval --data $(DEMO)/data --checkpoint $(DEMO)/model.pt --json $(DEMO)/eval.json \
 		--table $(DEMO)/eval.md --viz $(DEMO)/viz --quiet
-	@echo "overlays in $(DEMO)/viz, metrics in $(DEMO)/eval.json"
+
+$(DEMO)/model.onnx: $(DEMO)/eval.json
+	$(VENV)/bin/proad-export onnx --checkpoint $(DEMO)/model.pt --out $@
 
 $(DEMO)/data/.complete: $(STAMP)
 	$(VENV)/bin/proad-synth --out $(DEMO)/data --train 60 --test-good 10 --test-per-defect 5

@@ -14,10 +14,10 @@ arguments or input (missing file, not our checkpoint or graph, impossible batch 
 from __future__ import annotations
 
 import argparse
-import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
+
+from proad.clikit import Failure, run_command, say
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NO_TENSORRT = 0, 1, 2, 3
 
@@ -102,34 +102,21 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _known_failures() -> list[tuple[type[BaseException], int, str]]:
-    """Expected failures: (exception type, exit code, message prefix). Anything else is a bug."""
+def _failures() -> list[Failure]:
     from proad.checkpoint import CheckpointError
     from proad.export.engine import BuildArgumentError, BuildError
     from proad.export.onnx_export import ExportError
     from proad.kernels.trt_plugin import TensorRTUnavailable
 
     return [
-        (CheckpointError, EXIT_BAD_INPUT, "error: "),
-        (BuildArgumentError, EXIT_BAD_INPUT, "error: "),
-        (TensorRTUnavailable, EXIT_NO_TENSORRT, ""),
-        (ExportError, EXIT_FAILED, "check failed: "),
-        (BuildError, EXIT_FAILED, "build failed: "),
+        (CheckpointError, EXIT_BAD_INPUT, say("error: ")),
+        (BuildArgumentError, EXIT_BAD_INPUT, say("error: ")),
+        (TensorRTUnavailable, EXIT_NO_TENSORRT, say("")),
+        (ExportError, EXIT_FAILED, say("check failed: ")),
+        (BuildError, EXIT_FAILED, say("build failed: ")),
     ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return _onnx(args) if args.command == "onnx" else _build(args)
-    except KeyboardInterrupt:
-        print("proad-export: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        for kind, code, prefix in _known_failures():
-            if isinstance(exc, kind):
-                print(f"proad-export: {prefix}{exc}", file=sys.stderr)
-                return code
-        traceback.print_exc()  # a bug or an environment problem: keep the traceback
-        print(f"proad-export: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return run_command("proad-export", _onnx if args.command == "onnx" else _build, args, _failures())

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from proad.artifacts import INPUT_NAME, EngineInfo, OnnxMetadata, file_sha256, sidecar_path
+from proad.artifacts import INPUT_NAME, EngineInfo, OnnxMetadata, current_gpu, file_sha256, sidecar_path
 from proad.kernels.trt_plugin import import_tensorrt, register_plugin, version_tuple
 
 
@@ -77,17 +77,6 @@ def profile_shapes(req: BuildRequest, image_size: int) -> dict[str, list[int]]:
         name: [batch, image_size, image_size, 3]
         for name, batch in (("min", req.min_batch), ("opt", req.opt_batch), ("max", req.max_batch))
     }
-
-
-def current_gpu() -> tuple[str, str]:
-    """(name, "major.minor") of CUDA device 0, through cuda-python."""
-    from cuda.bindings import runtime as cudart
-
-    err, props = cudart.cudaGetDeviceProperties(0)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise BuildError(f"no CUDA device: {err}")
-    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
-    return name, f"{props.major}.{props.minor}"
 
 
 def _progress_monitor(trt: Any, log: Callable[[str], None]) -> Any | None:
@@ -174,7 +163,10 @@ def build_engine(req: BuildRequest, log: Callable[[str], None] = print) -> Engin
     tmp.replace(req.out)
     if req.timing_cache:
         req.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    gpu_name, capability = current_gpu()
+    try:
+        gpu_name, capability = current_gpu()
+    except RuntimeError as exc:
+        raise BuildError(str(exc)) from exc
     info = EngineInfo(
         tensorrt_version=trt.__version__,
         gpu_name=gpu_name,

@@ -123,3 +123,14 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def current_gpu(device: int = 0) -> tuple[str, str]:
+    """(name, "major.minor") of a CUDA device, through cuda-python; RuntimeError when there is none."""
+    from cuda.bindings import runtime as cudart
+
+    err, props = cudart.cudaGetDeviceProperties(device)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise RuntimeError(f"no CUDA device {device}: {err}")
+    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+    return name, f"{props.major}.{props.minor}"

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
+from proad.clikit import Failure, run_command, say
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -27,32 +27,21 @@ class UsageError(ValueError):
     """Bad command-line input found after parsing (exit 2)."""
 
 
-def _bad_input_types() -> tuple[type[BaseException], ...]:
+def _failures() -> list[Failure]:
     from proad.backbone import BackboneError
     from proad.checkpoint import CheckpointError
+    from proad.config import format_validation_error
     from proad.data.folder import DatasetError
 
-    return (DatasetError, CheckpointError, BackboneError, UsageError)
+    bad = say("error: ")
+    return [
+        (ValidationError, EXIT_BAD_INPUT, lambda e: f"error: invalid config: {format_validation_error(e)}"),
+        *[(kind, EXIT_BAD_INPUT, bad) for kind in (DatasetError, CheckpointError, BackboneError, UsageError)],
+    ]
 
 
 def _run(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    from proad.config import format_validation_error
-
-    try:
-        return body(args)
-    except ValidationError as exc:
-        print(f"{prog}: error: invalid config: {format_validation_error(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        if isinstance(exc, _bad_input_types()):
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        traceback.print_exc()
-        print(f"{prog}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return run_command(prog, body, args, _failures())
 
 
 def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:

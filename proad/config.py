@@ -116,6 +116,9 @@ class TrainConfig(_Strict):
         0.1, ge=0, lt=1, description="share of train/good kept out of training to calibrate the threshold"
     )
     threshold_quantile: float = Field(0.99, gt=0, le=1, description="quantile of held-out normal scores")
+    threshold_sigma: float = Field(
+        3.0, ge=0, description="at least mean + sigma * std of them (few held-out images show no tail)"
+    )
     checkpoint_every: int = Field(250, ge=1, description="iterations between resumable snapshots")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")

@@ -107,11 +107,22 @@ def score_cached(model: ProAD, feats: list[torch.Tensor], batch: int = 32) -> tu
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def calibrate(scores_by_category: dict[str, np.ndarray], quantile: float) -> tuple[float, dict[str, float]]:
-    """Global and per-category thresholds: the ``quantile`` of held-out normal scores."""
-    per = {c: float(np.quantile(s, quantile)) for c, s in scores_by_category.items() if len(s)}
+def normal_threshold(scores: np.ndarray, quantile: float, sigma: float) -> float:
+    """The larger of the ``quantile`` of normal scores and ``mean + sigma * std``.
+
+    With ten held-out images the 0.99 quantile is about their maximum, and a line sees thousands
+    of parts: the Gaussian bound extrapolates the tail that so few samples cannot show.
+    """
+    return float(max(np.quantile(scores, quantile), scores.mean() + sigma * scores.std()))
+
+
+def calibrate(
+    scores_by_category: dict[str, np.ndarray], quantile: float, sigma: float = 0.0
+) -> tuple[float, dict[str, float]]:
+    """Global and per-category thresholds from held-out normal scores (:func:`normal_threshold`)."""
+    per = {c: normal_threshold(s, quantile, sigma) for c, s in scores_by_category.items() if len(s)}
     all_scores = np.concatenate([s for s in scores_by_category.values() if len(s)])
-    return float(np.quantile(all_scores, quantile)), per
+    return normal_threshold(all_scores, quantile, sigma), per
 
 
 def train(
@@ -206,11 +217,13 @@ def train(
 
     holdout_scores = {name: score_cached(model, f)[1] for name, f in holdout_feats.items() if f[0].shape[0]}
     if holdout_scores:
-        threshold, per_cat = calibrate(holdout_scores, train_cfg.threshold_quantile)
-        source = f"q{train_cfg.threshold_quantile:g} of {sum(map(len, holdout_scores.values()))} held-out normal images"
+        threshold, per_cat = calibrate(holdout_scores, train_cfg.threshold_quantile, train_cfg.threshold_sigma)
+        n_holdout = sum(map(len, holdout_scores.values()))
+        source = (f"max(q{train_cfg.threshold_quantile:g}, mean + {train_cfg.threshold_sigma:g} std) "
+                  f"of {n_holdout} held-out normal images")
     else:  # no held-out images: fall back to the training images (biased low, said so)
         train_scores = score_cached(model, cache)[1]
-        threshold = float(np.quantile(train_scores, train_cfg.threshold_quantile))
+        threshold = normal_threshold(train_scores, train_cfg.threshold_quantile, train_cfg.threshold_sigma)
         per_cat = {}
         source = "training images (no hold-out: biased low)"
         log("warning: no held-out images, threshold calibrated on training images")

@@ -35,3 +35,24 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_cfg() -> ModelConfig:
     """The real encoder with a narrow decoder, so tests that train stay in seconds."""
     return ModelConfig(dim=32, heads=2, layers=2, prototypes=16, mlp_ratio=1.0)
+
+
+@pytest.fixture(scope="session")
+def board_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A short-trained model of the generated board (about 30 s), as checkpoint and plain ONNX.
+
+    Good enough to tell the synthetic camera's defects from normal boards; the edge tests use it.
+    """
+    from proad.config import TrainConfig
+    from proad.export.onnx_export import export_onnx
+    from proad.train import train
+
+    root = tmp_path_factory.mktemp("board")
+    write_dataset(root / "data", ("board",), train=60, test_good=2, test_per_defect=1, progress=False)
+    cfg = ModelConfig(layers=2, prototypes=64)
+    ckpt = root / "board.pt"
+    train([root / "data"], ckpt, cfg, TrainConfig(iterations=200, batch_size=8, warmup=20, holdout_fraction=0.25),
+          progress=False, log=lambda s: None)
+    onnx_path = root / "board.onnx"
+    export_onnx(ckpt, onnx_path, verify_count=1)
+    return ckpt, onnx_path

@@ -55,3 +55,22 @@ def test_layering_is_one_way() -> None:
     for path in (REPO / "kernels").rglob("*.py"):
         bad = {m for m in _imports(path) if m.startswith("proad") and not m.startswith("proad.kernels")}
         assert not bad, f"{path} imports {bad}"
+
+
+def test_edge_never_imports_training_code() -> None:
+    training = ("proad.train", "proad.loss", "proad.evaluate", "proad.metrics", "proad.cli", "proad.export")
+    for path in (REPO / "edge").rglob("*.py"):
+        bad = {m for m in _imports(path) if any(m == t or m.startswith(t + ".") for t in training)}
+        assert not bad, f"{path} imports {bad}"
+
+
+def test_edge_runtime_imports_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None; sys.modules['timm'] = None; sys.modules['tensorrt'] = None\n"
+        "import proad.edge.daemon, proad.edge.subscriber, proad.edge.cli\n"
+        "import proad.edge.backends.onnxruntime_backend, proad.edge.backends.tensorrt_backend\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -64,7 +64,8 @@ def _read_raw(path: Path) -> np.ndarray:
     return img
 
 
-def _fit(img: np.ndarray, size: int) -> np.ndarray:
+def fit_image(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize to ``size``x``size``: INTER_AREA when shrinking (no aliasing), linear when enlarging."""
     if img.shape[:2] == (size, size):
         return img
     shrink = img.shape[0] > size or img.shape[1] > size
@@ -73,7 +74,7 @@ def _fit(img: np.ndarray, size: int) -> np.ndarray:
 
 def read_image(path: Path, size: int) -> np.ndarray:
     """A BGR uint8 image resized to ``size``x``size`` (INTER_AREA when shrinking)."""
-    return _fit(_read_raw(path), size)
+    return fit_image(_read_raw(path), size)
 
 
 class MVTecFolder:
@@ -117,7 +118,7 @@ class MVTecFolder:
         size = self.image_size
         raw = _read_raw(item.path)
         if item.mask_path is None:
-            return _fit(raw, size), np.zeros((size, size), bool)
+            return fit_image(raw, size), np.zeros((size, size), bool)
         m = cv2.imread(str(item.mask_path), cv2.IMREAD_GRAYSCALE)
         if m is None or m.size == 0:
             raise DatasetError(f"cannot read mask {item.mask_path}")
@@ -127,7 +128,7 @@ class MVTecFolder:
             )
         if m.shape != (size, size):
             m = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
-        return _fit(raw, size), m > 127
+        return fit_image(raw, size), m > 127
 
     def __repr__(self) -> str:
         return f"MVTecFolder({str(self.root)!r}, {self.category!r}: {len(self.train)} train, {len(self.test)} test)"

@@ -1,0 +1,164 @@
+"""End-to-end throughput and latency of the daemon, next to the backend alone, in the same run.
+
+For each backend (ONNX Runtime, torch) on this machine, at 256x256 with the default model:
+
+1. **backend alone**: ``backend.infer`` on the synthetic camera's frames, one at a time, flat out;
+2. **daemon, overloaded**: ``proad-edge run`` as its own process with the synthetic camera running
+   at twice what the backend alone can take (so the oldest waiting frame is dropped, counted), a
+   subscriber in this process; throughput = results received per second;
+3. **daemon at 60 fps**: the same with a 60 fps camera: latency capture -> publish (from the
+   header) and capture -> received, percentiles.
+
+Writes ``bench/results/pipeline.json`` and ``pipeline.md``.
+
+    python bench/pipeline.py [--seconds 10] [--threads 2] [--backends onnxruntime torch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_results
+from proad.edge.backends import load_backend
+from proad.edge.config import BackendConfig, SyntheticSource
+from proad.edge.sources import SyntheticCamera
+from proad.edge.subscriber import Subscriber
+
+
+def make_model(tmp: Path) -> tuple[Path, Path]:
+    """The default model (untrained: speed does not depend on the weights) as checkpoint and ONNX."""
+    from proad.checkpoint import Checkpoint, save_checkpoint
+    from proad.config import ModelConfig
+    from proad.export.onnx_export import export_onnx
+    from proad.model import ProAD
+
+    ckpt, onnx_path = tmp / "model.pt", tmp / "model.onnx"
+    model = ProAD(ModelConfig())
+    save_checkpoint(Checkpoint(model.cfg, model.trainable_state_dict(), 0.3), ckpt)
+    export_onnx(ckpt, onnx_path, verify_count=1)
+    return ckpt, onnx_path
+
+
+def backend_alone(kind: str, model: Path, threads: int, seconds: float, frames: np.ndarray) -> float:
+    backend = load_backend(BackendConfig(kind=kind, model=str(model), threads=threads, device="cpu"))
+    backend.warmup()
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        backend.infer(frames[done % len(frames)][None])
+        done += 1
+    fps = done / (time.perf_counter() - t0)
+    backend.close()
+    return fps
+
+
+def daemon_run(kind: str, model: Path, threads: int, seconds: float, fps: float, tmp: Path) -> dict[str, Any]:
+    cfg = {
+        "cameras": [{"id": "cam0", "source": {"kind": "synthetic", "category": "board", "fps": fps, "pool": 32,
+                                              "defect_rate": 0.2}}],
+        "backend": {"kind": kind, "model": str(model), "threads": threads, "device": "cpu", "max_batch": 1},
+        "publish": {"endpoint": "tcp://127.0.0.1:5565", "hwm": 1000},
+        "status": {"endpoint": None},
+        "log_level": "WARNING",
+    }  # fmt: skip
+    path = tmp / f"{kind}_{fps:g}.json"
+    path.write_text(json.dumps(cfg))
+    sub = Subscriber("tcp://127.0.0.1:5565")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from proad.edge.cli import edge_main; raise SystemExit(edge_main())",
+         "run", "--config", str(path), "--seconds", str(seconds + 3)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first = sub.recv(timeout_ms=60000)  # model load and camera start
+    if first is None:
+        proc.kill()
+        raise RuntimeError(f"no results from the {kind} daemon: {proc.communicate()[1][-2000:]}")
+    skip_until = time.monotonic() + 1.0  # let it settle before counting
+    count, total_ms, e2e_ms, t_start = 0, [], [], None
+    while (r := sub.recv(timeout_ms=5000)) is not None:
+        now = time.monotonic()
+        if now < skip_until:
+            continue
+        if t_start is None:
+            t_start = now
+        if now - t_start >= seconds:
+            break
+        count += 1
+        total_ms.append(r.header.latency_ms["total"])
+        e2e_ms.append((time.time() - r.header.capture_ts) * 1000)
+    elapsed = time.monotonic() - t_start if t_start else 1.0
+    sub.close()
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} daemon exited {proc.returncode}: {err[-2000:]}")
+    summary = json.loads(out.strip().splitlines()[-1])
+    return {
+        "fps": count / elapsed,
+        "camera_fps": fps,
+        "latency_publish_ms": {f"p{q}": float(np.percentile(total_ms, q)) for q in (50, 90, 99)},
+        "latency_received_ms": {f"p{q}": float(np.percentile(e2e_ms, q)) for q in (50, 90, 99)},
+        "daemon_dropped": summary["dropped"],
+        "missed_on_wire": int(sub.missed["cam0"]),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"], choices=["onnxruntime", "torch"])
+    args = p.parse_args()
+
+    cam = SyntheticCamera(SyntheticSource(category="board", pool=32, defect_rate=0.2, fps=1000))
+    cam.open()
+    frames = np.stack([img for img, _ in cam.pool])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        ckpt, onnx_path = make_model(tmp)
+        for kind in args.backends:
+            model = onnx_path if kind == "onnxruntime" else ckpt
+            alone = backend_alone(kind, model, args.threads, args.seconds, frames)
+            flat = daemon_run(kind, model, args.threads, args.seconds, round(2 * alone), tmp)
+            paced = daemon_run(kind, model, args.threads, args.seconds, 60.0, tmp)
+            row = {"backend": kind, "backend_alone_fps": alone, "daemon_fps": flat["fps"],
+                   "ratio": flat["fps"] / alone, "flat_out": flat, "at_60fps": paced}
+            rows.append(row)
+            print(f"{kind}: backend alone {alone:.1f} img/s, daemon {flat['fps']:.1f} FPS ({row['ratio']:.0%}); "
+                  f"at 60 fps: {paced['fps']:.1f} FPS, p50/p99 capture->publish "
+                  f"{paced['latency_publish_ms']['p50']:.1f}/{paced['latency_publish_ms']['p99']:.1f} ms", flush=True)
+    data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rows": rows}
+    lines = [
+        "# Daemon end to end vs backend alone",
+        "",
+        f"{data['machine']['cpu']} ({data['machine']['cores']} cores), {args.threads} inference threads, default "
+        f"model, 256x256, synthetic board camera, loopback ZeroMQ, {data['machine']['date']}.",
+        "",
+        "| backend | backend alone img/s | daemon overloaded FPS | daemon / alone | at 60 fps: FPS | capture->publish "
+        "p50 / p99 ms | capture->received p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        a = r["at_60fps"]
+        lines.append(
+            f"| {r['backend']} | {r['backend_alone_fps']:.1f} | {r['daemon_fps']:.1f} | {r['ratio']:.0%} | "
+            f"{a['fps']:.1f} | {a['latency_publish_ms']['p50']:.1f} / {a['latency_publish_ms']['p99']:.1f} | "
+            f"{a['latency_received_ms']['p50']:.1f} / {a['latency_received_ms']['p99']:.1f} |"
+        )
+    lines += ["", "Overloaded: the camera offers twice the backend-alone rate and the daemon drops the oldest waiting "
+              "frame (counted); the daemon's FPS is what a subscriber received per second."]
+    write_results("pipeline", data, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""The one small interface every inference backend implements (like anomalib's base inferencer).
+
+A backend takes a batch of preprocessed frames, uint8 ``[B, H, W, 3]`` BGR, and returns the
+model's ``(anomaly_map float32 [B, H, W], score float32 [B])``. It also says what model it runs
+(:class:`ModelInfo`), so results name their model and the daemon knows the input size and the
+calibrated thresholds. A missing or incompatible model file raises :class:`ModelLoadError` with
+one line that says what to do.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from proad.artifacts import OnnxMetadata
+
+
+class ModelLoadError(RuntimeError):
+    """The model file is missing, not ours, or does not fit this machine."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    image_size: int
+    threshold: float
+    category_thresholds: dict[str, float] = field(default_factory=dict)
+    path: str = ""
+    backend: str = ""
+    device: str = "cpu"
+
+    @classmethod
+    def from_metadata(cls, meta: OnnxMetadata, path: str, backend: str, device: str) -> ModelInfo:
+        """What an exported model says about itself (ONNX metadata, also kept in engine sidecars)."""
+        return cls(meta.model_id, meta.image_size, meta.threshold, meta.category_thresholds, path, backend, device)
+
+
+class Backend(ABC):
+    """Inference on batches of uint8 NHWC BGR frames."""
+
+    info: ModelInfo
+    #: the largest batch one call accepts (the daemon never gives more)
+    max_batch: int = 1
+
+    @abstractmethod
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(maps float32 [B, H, W], scores float32 [B]) for ``images`` uint8 [B, H, W, 3]."""
+
+    def warmup(self) -> None:
+        """One inference on a blank frame, so the first real frame is not slow."""
+        size = self.info.image_size
+        self.infer(np.zeros((1, size, size, 3), np.uint8))
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release explicitly
+        pass

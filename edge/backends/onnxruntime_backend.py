@@ -1,0 +1,66 @@
+"""ONNX Runtime backend: CPU by default, the CUDA provider when asked for (or ``auto`` and present).
+
+Reads the model's identity and thresholds from the graph's metadata (written by ``proad-export``),
+so a foreign ONNX file is refused at start rather than producing numbers nobody can interpret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata
+from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError
+from proad.edge.config import BackendConfig
+
+
+class OnnxRuntimeBackend(Backend):
+    def __init__(self, cfg: BackendConfig) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelLoadError("the onnxruntime backend needs onnxruntime: pip install 'proad-edge[onnx]'") from exc
+        path = Path(cfg.model)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        available = ort.get_available_providers()
+        if cfg.device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise ModelLoadError(f"device 'cuda' asked for, but this onnxruntime has no CUDA provider ({available})")
+        use_cuda = cfg.device in ("cuda", "auto") and "CUDAExecutionProvider" in available
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        if cfg.threads:
+            options.intra_op_num_threads = cfg.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # no busy-waiting between ops: on a small CPU the spinning threads would take the cores the
+        # capture and publish threads need
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0][:200]}") from exc
+        props = self.session.get_modelmeta().custom_metadata_map
+        try:
+            meta = OnnxMetadata.from_props(props)
+        except ValueError as exc:
+            raise ModelLoadError(f"{path}: not a proad-export ONNX model (metadata missing or invalid)") from exc
+        if meta.plugin:
+            raise ModelLoadError(f"{path} holds TensorRT plugin nodes; export without --plugin for ONNX Runtime")
+        inputs = self.session.get_inputs()
+        outputs = [o.name for o in self.session.get_outputs()]
+        if [i.name for i in inputs] != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
+            raise ModelLoadError(f"{path}: expected input 'image' and outputs 'anomaly_map', 'score'")
+        batch_dim = inputs[0].shape[0]
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+        self.max_batch = self.fixed_batch or cfg.max_batch
+        self.info = ModelInfo.from_metadata(meta, str(path), "onnxruntime", "cuda" if use_cuda else "cpu")
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(images)
+        if self.fixed_batch and n != self.fixed_batch:  # a fixed-batch graph: pad, then cut
+            pad = np.zeros((self.fixed_batch - n, *images.shape[1:]), np.uint8)
+            images = np.concatenate([images, pad])
+        amap, score = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        return amap[:n], score[:n]

@@ -1,0 +1,39 @@
+"""Preprocess: whatever a camera delivered -> the model's input (uint8 BGR, size x size x 3).
+
+Checks first, because cameras and networks do deliver broken frames: an empty or truncated image,
+the wrong dtype, a strange channel count. Such a frame raises :class:`CorruptFrame`; the capture
+loop counts it and moves on. Gray, BGRA and 16-bit frames are converted, not refused. Resizing
+uses the same policy as the datasets the model was trained and evaluated on.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from proad.data.folder import fit_image
+
+
+class CorruptFrame(ValueError):
+    """The frame cannot be used; the message says why."""
+
+
+def prepare(image: object, size: int) -> np.ndarray:
+    """A contiguous uint8 ``[size, size, 3]`` BGR frame, or :class:`CorruptFrame`."""
+    if not isinstance(image, np.ndarray):
+        raise CorruptFrame(f"not an image array ({type(image).__name__})")
+    if image.size == 0 or image.ndim not in (2, 3) or min(image.shape[:2]) < 8:
+        raise CorruptFrame(f"empty or truncated frame of shape {image.shape}")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise CorruptFrame(f"unsupported pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif image.shape[2] != 3:
+        raise CorruptFrame(f"{image.shape[2]} channels, expected 1, 3 or 4")
+    return np.ascontiguousarray(fit_image(image, size))

@@ -1,0 +1,271 @@
+"""The daemon end to end over loopback: a real model, real sockets, the synthetic camera."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from proad.edge.backends import load_backend
+from proad.edge.config import BackendConfig, PipelineConfig, SyntheticSource
+from proad.edge.daemon import Daemon
+from proad.edge.sources import SourceError, SyntheticCamera
+from proad.edge.status import query_status
+from proad.edge.subscriber import Subscriber
+
+
+@pytest.fixture(scope="module")
+def backend(board_model):
+    return load_backend(BackendConfig(model=str(board_model[1]), threads=2))
+
+
+def config(onnx: Path, cameras: list[dict], **extra: object) -> PipelineConfig:
+    data = {
+        "cameras": cameras,
+        "backend": {"kind": "onnxruntime", "model": str(onnx), "threads": 2, "max_batch": 4},
+        "publish": {"endpoint": "tcp://127.0.0.1:*"},
+        "status": {"endpoint": "tcp://127.0.0.1:*"},
+    }
+    data.update(extra)
+    return PipelineConfig.model_validate(data)
+
+
+def camera(cam_id: str, **source: object) -> dict:
+    return {"id": cam_id, "reconnect_initial_s": 0.01, "source": {"kind": "synthetic", "category": "board", **source}}
+
+
+def connect(daemon: Daemon, **kw: object) -> Subscriber:
+    """A subscriber whose subscription has reached the daemon before anything is published."""
+    sub = Subscriber(daemon.publisher.endpoint, **kw)
+    time.sleep(0.3)
+    return sub
+
+
+def run_to_end(daemon: Daemon, subs: list[Subscriber], timeout: float = 60) -> list[list]:
+    got: list[list] = [[] for _ in subs]
+    daemon.start()
+    assert daemon.wait(timeout), "cameras did not finish"
+    daemon.stop()
+    for i, sub in enumerate(subs):
+        while (r := sub.recv(timeout_ms=1500)) is not None:  # generous: a loaded CI machine delivers late
+            got[i].append(r)
+        sub.close()
+    return got
+
+
+def test_results_are_contiguous_typed_and_right(board_model, backend) -> None:
+    cfg = config(board_model[1], [camera("cam0", fps=60, defect_rate=0.3, pool=24, max_frames=48)])
+    daemon = Daemon(cfg, backend=backend)
+    (results,) = run_to_end(daemon, [connect(daemon)])
+    assert [r.header.seq for r in results] == list(range(48))
+    assert [r.header.frame_index for r in results] == list(range(48))
+    for r in results:
+        assert r.map.shape == (256, 256) and r.map.dtype == np.float16
+        assert r.header.map_shape == (256, 256) and r.header.model_id == backend.info.model_id
+        assert (r.frame() is not None) == (r.header.decision == "NG")  # JPEG attached for NG by default
+    # the daemon adds nothing to the model: same score and decision as the backend alone on the same frames
+    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.3, pool=24, fps=1000))
+    cam.open()
+    frames = np.stack([img for img, _ in cam.pool])
+    _, scores = backend.infer(frames[:4])
+    for r in results[:4]:
+        assert r.header.score == pytest.approx(float(scores[r.header.frame_index]), abs=1e-4)
+    # NG where the camera injected defects, within the model's accuracy
+    truth = np.array([r.header.annotations["injected_defect"] != "none" for r in results])
+    ng = np.array([r.header.decision == "NG" for r in results])
+    assert truth.any() and (~truth).any()
+    assert (ng == truth).mean() >= 0.85, f"agreement {(ng == truth).mean():.2f}"
+
+
+def test_cameras_batch_together_with_their_own_sequences(board_model, backend) -> None:
+    cfg = config(board_model[1], [camera("a", fps=30, max_frames=30, seed=1, pool=8),
+                                  camera("b", fps=30, max_frames=20, seed=2, pool=8)])
+    daemon = Daemon(cfg, backend=backend)
+    (results,) = run_to_end(daemon, [connect(daemon)])
+    snap = daemon.telemetry.snapshot()
+    for cam, n in (("a", 30), ("b", 20)):
+        published = snap["published"][cam]
+        dropped = sum(c.get(cam, 0) for c in snap["dropped"].values())  # a busy machine may drop the oldest
+        assert published + dropped == n and published >= n // 2
+        assert [r.header.seq for r in results if r.header.camera_id == cam] == list(range(published))
+
+
+def test_camera_filter_and_ng_only(board_model, backend) -> None:
+    cfg = config(board_model[1], [camera("a", fps=30, max_frames=20, pool=8, defect_rate=0.5),
+                                  camera("b", fps=30, max_frames=20, pool=8)])
+    daemon = Daemon(cfg, backend=backend)
+    only_a, ng_a = connect(daemon, camera="a"), connect(daemon, camera="a", decision="NG")
+    a, ng = run_to_end(daemon, [only_a, ng_a])
+    assert {r.header.camera_id for r in a} == {"a"} and len(a) == daemon.telemetry.snapshot()["published"]["a"]
+    assert [r.header.seq for r in ng] == [r.header.seq for r in a if r.header.decision == "NG"]
+
+
+def test_corrupt_frames_are_counted_not_fatal(board_model, backend) -> None:
+    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=42, corrupt_every=7, pool=8)])
+    daemon = Daemon(cfg, backend=backend)
+    (results,) = run_to_end(daemon, [connect(daemon)])
+    snap = daemon.telemetry.snapshot()
+    assert snap["dropped"]["corrupt"] == {"cam0": 6} and snap["frames_in"] == {"cam0": 42}
+    assert [r.header.seq for r in results] == list(range(36))  # contiguous over what was published
+    assert {r.header.frame_index for r in results} == {i for i in range(42) if (i + 1) % 7}
+
+
+class UnpluggedCamera(SyntheticCamera):
+    """Goes away after 10 frames: three failed reads and one failed reopen, then it is back."""
+
+    def __init__(self, cfg: SyntheticSource) -> None:
+        super().__init__(cfg)
+        self.failures, self.reopen_failures = 3, 1
+
+    def open(self) -> None:
+        if self.count >= 10 and self.failures == 0 and self.reopen_failures:
+            self.reopen_failures -= 1
+            raise SourceError("device not found")
+        super().open()
+
+    def read(self) -> np.ndarray | None:
+        if self.count >= 10 and self.failures:
+            self.failures -= 1
+            raise SourceError("camera unplugged")
+        return super().read()
+
+
+def test_a_vanished_camera_is_reopened(board_model, backend, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=25, pool=8)])
+    source = UnpluggedCamera(cfg.cameras[0].source)
+    daemon = Daemon(cfg, backend=backend, sources={"cam0": source})
+    (results,) = run_to_end(daemon, [connect(daemon)])
+    snap = daemon.telemetry.snapshot()
+    assert snap["reconnects"] == {"cam0": 4}
+    assert len(results) == 25 and [r.header.seq for r in results] == list(range(25))
+    assert "camera unplugged; reopening" in caplog.text and "device not found" in caplog.text
+
+
+def test_slow_subscriber_slows_nobody(board_model, backend) -> None:
+    cfg = config(board_model[1], [camera("cam0", fps=60, max_frames=120, pool=8)],
+                 publish={"endpoint": "tcp://127.0.0.1:*", "hwm": 10})
+    daemon = Daemon(cfg, backend=backend)
+    fast = connect(daemon)
+    slow_ctx = zmq.Context()
+    slow = Subscriber(daemon.publisher.endpoint, hwm=2, ctx=slow_ctx)
+    slow.sock.setsockopt(zmq.RCVBUF, 4096)  # and a small kernel buffer: it really cannot keep up
+    time.sleep(0.3)
+    slow_got: list = []
+    stop = threading.Event()
+
+    def read_slowly() -> None:
+        while not stop.is_set():
+            r = slow.recv(timeout_ms=100)
+            if r is not None:
+                slow_got.append(r)
+                time.sleep(0.05)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    t0 = time.monotonic()
+    (results,) = run_to_end(daemon, [fast])
+    elapsed = time.monotonic() - t0
+    while slow.sock.poll(1500):  # let the slow one read what reached it
+        time.sleep(0.2)
+    stop.set()
+    reader.join()
+    slow.close()
+    slow_ctx.term()
+    snap = daemon.telemetry.snapshot()
+    assert len(results) == 120 and fast.missed["cam0"] == 0  # the fast one got everything
+    assert snap["published"] == {"cam0": 120} and not snap["dropped"]  # the daemon kept the camera's pace
+    assert elapsed < 120 / 60 + 3.0
+    # the slow one lost messages at the high-water marks, and its sequence numbers say how many
+    assert len(slow_got) < 120 and slow.missed["cam0"] > 0
+    assert len(slow_got) + slow.missed["cam0"] == slow_got[-1].header.seq + 1
+
+
+def _cli(*args: str, **kw: object) -> subprocess.Popen:
+    """``proad-edge`` in a fresh process where torch cannot be imported: the edge runtime needs none."""
+    code = "import sys; sys.modules['torch'] = None\nfrom proad.edge.cli import edge_main; sys.exit(edge_main())"
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+def _free_port() -> int:
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.PUB)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    s.close(0)
+    return port
+
+
+def test_sigterm_drains_and_loses_nothing_accepted(board_model, tmp_path: Path) -> None:
+    pub, status = _free_port(), _free_port()
+    cfg = {
+        "cameras": [camera("cam0", fps=300, pool=8)],
+        "backend": {"kind": "onnxruntime", "model": str(board_model[1]), "threads": 1, "max_batch": 1},
+        "publish": {"endpoint": f"tcp://127.0.0.1:{pub}", "hwm": 100000},
+        "status": {"endpoint": f"tcp://127.0.0.1:{status}"},
+        "queues": {"frames_per_camera": 40},
+        "log_level": "WARNING",
+    }
+    path = tmp_path / "edge.json"
+    path.write_text(json.dumps(cfg))
+    sub = Subscriber(f"tcp://127.0.0.1:{pub}", hwm=100000)
+    proc = _cli("run", "--config", str(path))
+    got = []
+    deadline = time.monotonic() + 60
+    while len(got) < 30 and time.monotonic() < deadline:  # running, and behind the camera
+        if (r := sub.recv(timeout_ms=500)) is not None:
+            got.append(r)
+    snap = query_status(f"tcp://127.0.0.1:{status}")
+    assert snap["model"]["model_id"] and snap["frames_in"]["cam0"] >= 30
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    while (r := sub.recv(timeout_ms=1000)) is not None:
+        got.append(r)
+    sub.close()
+    final = json.loads(out.strip().splitlines()[-1])
+    dropped = sum(sum(c.values()) for c in final["dropped"].values())
+    assert final["published"]["cam0"] == final["frames_in"]["cam0"] - dropped  # every accepted frame published
+    # ...and reached the subscriber: everything from the first message it saw (a subscriber that
+    # joins as the daemon starts misses the first few: ZeroMQ's slow joiner) to the last
+    first = got[0].header.seq
+    assert [r.header.seq for r in got] == list(range(first, final["published"]["cam0"])) and first < 30
+    assert sub.missed["cam0"] == 0
+    assert "queue_full" in final["dropped"]  # the camera outran inference, so frames were waiting at SIGTERM
+
+
+def test_startup_errors_exit_2_with_one_line(board_model, tmp_path: Path) -> None:
+    cfg = {"cameras": [camera("cam0", fps=10)], "backend": {"model": str(tmp_path / "missing.onnx")},
+           "status": {"endpoint": None}}
+    path = tmp_path / "edge.json"
+    path.write_text(json.dumps(cfg))
+    proc = _cli("run", "--config", str(path))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "model file not found" in err and "Traceback" not in err
+    blocker = zmq.Context.instance().socket(zmq.PUB)
+    port = blocker.bind_to_random_port("tcp://127.0.0.1")
+    cfg.update(backend={"model": str(board_model[1])}, publish={"endpoint": f"tcp://127.0.0.1:{port}"})
+    path.write_text(json.dumps(cfg))
+    proc = _cli("run", "--config", str(path))
+    _, err = proc.communicate(timeout=60)
+    blocker.close(0)
+    assert proc.returncode == 2 and "cannot bind the publish socket" in err
+
+
+def test_torch_backend_agrees_with_onnxruntime(board_model, backend) -> None:
+    torch_backend = load_backend(BackendConfig(kind="torch", model=str(board_model[0]), threads=2))
+    assert torch_backend.info.model_id == backend.info.model_id
+    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.5, pool=3, fps=1000))
+    cam.open()
+    frames = np.stack([img for img, _ in cam.pool])
+    m1, s1 = torch_backend.infer(frames)
+    m2, s2 = backend.infer(frames)
+    np.testing.assert_allclose(s1, s2, atol=1e-4)
+    np.testing.assert_allclose(m1, m2, atol=1e-4)
