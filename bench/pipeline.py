@@ -6,7 +6,10 @@ For each backend (ONNX Runtime, torch) on this machine, at 256x256 with the defa
 2. **daemon, overloaded**: ``proad-edge run`` as its own process with the synthetic camera running
    at twice what the backend alone can take (so the oldest waiting frame is dropped, counted), a
    subscriber in this process; throughput = results received per second;
-3. **daemon at 60 fps**: the same with a 60 fps camera: latency capture -> publish (from the
+3. **daemon overloaded, one subscriber never reads**: as 2, with a second subscriber that
+   connects and never reads (its queue fills, PUB drops for it at the HWM): the daemon must keep
+   its throughput;
+4. **daemon at 60 fps**: the same with a 60 fps camera: latency capture -> publish (from the
    header) and capture -> received, percentiles.
 
 Writes ``bench/results/pipeline.json`` and ``pipeline.md``.
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_results
@@ -61,7 +65,9 @@ def backend_alone(kind: str, model: Path, threads: int, seconds: float, frames: 
     return fps
 
 
-def daemon_run(kind: str, model: Path, threads: int, seconds: float, fps: float, tmp: Path) -> dict[str, Any]:
+def daemon_run(
+    kind: str, model: Path, threads: int, seconds: float, fps: float, tmp: Path, stalled: bool = False
+) -> dict[str, Any]:
     cfg = {
         "cameras": [{"id": "cam0", "source": {"kind": "synthetic", "category": "board", "fps": fps, "pool": 32,
                                               "defect_rate": 0.2}}],
@@ -73,6 +79,10 @@ def daemon_run(kind: str, model: Path, threads: int, seconds: float, fps: float,
     path = tmp / f"{kind}_{fps:g}.json"
     path.write_text(json.dumps(cfg))
     sub = Subscriber("tcp://127.0.0.1:5565")
+    stalled_sub = None
+    if stalled:  # connects, never reads: a dashboard on a frozen laptop
+        stalled_sub = Subscriber("tcp://127.0.0.1:5565", hwm=1, ctx=zmq.Context())
+        stalled_sub.sock.setsockopt(zmq.RCVBUF, 4096)
     proc = subprocess.Popen(
         [sys.executable, "-c", "from proad.edge.cli import edge_main; raise SystemExit(edge_main())",
          "run", "--config", str(path), "--seconds", str(seconds + 3)],
@@ -97,6 +107,8 @@ def daemon_run(kind: str, model: Path, threads: int, seconds: float, fps: float,
         e2e_ms.append((time.time() - r.header.capture_ts) * 1000)
     elapsed = time.monotonic() - t_start if t_start else 1.0
     sub.close()
+    if stalled_sub is not None:
+        stalled_sub.close()
     out, err = proc.communicate(timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} daemon exited {proc.returncode}: {err[-2000:]}")
@@ -129,11 +141,15 @@ def main() -> int:
             model = onnx_path if kind == "onnxruntime" else ckpt
             alone = backend_alone(kind, model, args.threads, args.seconds, frames)
             flat = daemon_run(kind, model, args.threads, args.seconds, round(2 * alone), tmp)
+            stall = daemon_run(kind, model, args.threads, args.seconds, round(2 * alone), tmp, stalled=True)
             paced = daemon_run(kind, model, args.threads, args.seconds, 60.0, tmp)
             row = {"backend": kind, "backend_alone_fps": alone, "daemon_fps": flat["fps"],
-                   "ratio": flat["fps"] / alone, "flat_out": flat, "at_60fps": paced}
+                   "ratio": flat["fps"] / alone, "daemon_fps_stalled_subscriber": stall["fps"],
+                   "stalled_ratio": stall["fps"] / flat["fps"], "flat_out": flat, "stalled_subscriber": stall,
+                   "at_60fps": paced}  # fmt: skip
             rows.append(row)
-            print(f"{kind}: backend alone {alone:.1f} img/s, daemon {flat['fps']:.1f} FPS ({row['ratio']:.0%}); "
+            print(f"{kind}: backend alone {alone:.1f} img/s, daemon {flat['fps']:.1f} FPS ({row['ratio']:.0%}), "
+                  f"with a stalled subscriber {stall['fps']:.1f} FPS ({row['stalled_ratio']:.0%}); "
                   f"at 60 fps: {paced['fps']:.1f} FPS, p50/p99 capture->publish "
                   f"{paced['latency_publish_ms']['p50']:.1f}/{paced['latency_publish_ms']['p99']:.1f} ms", flush=True)
     data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rows": rows}
@@ -143,15 +159,16 @@ def main() -> int:
         f"{data['machine']['cpu']} ({data['machine']['cores']} cores), {args.threads} inference threads, default "
         f"model, 256x256, synthetic board camera, loopback ZeroMQ, {data['machine']['date']}.",
         "",
-        "| backend | backend alone img/s | daemon overloaded FPS | daemon / alone | at 60 fps: FPS | capture->publish "
-        "p50 / p99 ms | capture->received p50 / p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| backend | backend alone img/s | daemon overloaded FPS | daemon / alone | ... with a subscriber that never "
+        "reads: FPS (vs without) | at 60 fps: FPS | capture->publish p50 / p99 ms | capture->received p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a = r["at_60fps"]
         lines.append(
             f"| {r['backend']} | {r['backend_alone_fps']:.1f} | {r['daemon_fps']:.1f} | {r['ratio']:.0%} | "
-            f"{a['fps']:.1f} | {a['latency_publish_ms']['p50']:.1f} / {a['latency_publish_ms']['p99']:.1f} | "
+            f"{r['daemon_fps_stalled_subscriber']:.1f} ({r['stalled_ratio']:.0%}) | {a['fps']:.1f} | "
+            f"{a['latency_publish_ms']['p50']:.1f} / {a['latency_publish_ms']['p99']:.1f} | "
             f"{a['latency_received_ms']['p50']:.1f} / {a['latency_received_ms']['p99']:.1f} |"
         )
     lines += ["", "Overloaded: the camera offers twice the backend-alone rate and the daemon drops the oldest waiting "

@@ -1,16 +1,19 @@
-"""``proad-edge`` (the daemon) and ``proad-sub`` (a subscriber that prints what it gets).
+"""``proad-edge`` (the daemon), ``proad-sub`` (a subscriber that prints what it gets) and
+``proad-archive`` (the reference NG archiver).
 
 ::
 
     proad-edge run --config edge.yaml [--set backend.threads=2 ...] [--seconds N]
     proad-edge check-config --config edge.yaml [--set ...]
-    proad-edge status [--endpoint tcp://127.0.0.1:5556]
+    proad-edge status [--endpoint tcp://127.0.0.1:5556] [--curve-key K --server-key S]
+    proad-edge keys --out keys NAME [NAME ...] [--allowed-dir keys/allowed]
     proad-edge demo [--workdir demo] [--seconds 20]
     proad-sub [--endpoint tcp://127.0.0.1:5555] [--camera ID] [--ng-only] [--save-ng DIR] [--count N] [--seconds S]
+    proad-archive --out DIR [--endpoint tcp://127.0.0.1:5557] [--curve-key K --server-key S] [--seconds S]
 
-Exit codes: 0 done (a SIGTERM'd daemon that drained exits 0); 1 failed while running; 2 bad
-input (config malformed, model file missing or incompatible, socket cannot bind); 3 no answer
-(status).
+Exit codes: 0 done (a SIGTERM'd daemon or archiver that drained exits 0); 1 failed while running;
+2 bad input (config malformed, model file missing or incompatible, socket cannot bind, keys
+unreadable); 3 no answer (status).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,6 +38,18 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="PipelineConfig as YAML or JSON")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override fields by dotted path, e.g. backend.threads=2 cameras.0.source.fps=15")
+
+
+def _curve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--curve-key", type=Path, metavar="NAME.key_secret",
+                   help="CURVE: this client's secret key (with --server-key)")
+    p.add_argument("--server-key", type=Path, metavar="SERVER.key", help="CURVE: the daemon's public key")
+
+
+def _client_keys(args: argparse.Namespace):  # -> ClientKeys | None
+    from proad.edge.security import client_keys
+
+    return client_keys(args.curve_key, args.server_key)
 
 
 def edge_parser() -> argparse.ArgumentParser:
@@ -50,6 +67,12 @@ def edge_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="ask a running daemon for its counters and latencies")
     status.add_argument("--endpoint", default="tcp://127.0.0.1:5556")
     status.add_argument("--timeout-ms", type=int, default=2000)
+    _curve_args(status)
+    keys = sub.add_parser("keys", help="create CURVE keypairs (NAME.key public, NAME.key_secret secret)")
+    keys.add_argument("names", nargs="+", help="one keypair per name, e.g. server archiver1 dashboard")
+    keys.add_argument("--out", type=Path, required=True, help="where the keypairs go")
+    keys.add_argument("--allowed-dir", type=Path,
+                      help="also copy the public keys here (the daemon's security.allowed_clients)")
     demo = sub.add_parser("demo", help="the synthetic camera, the demo model, the daemon and a live subscriber")
     demo.add_argument("--workdir", type=Path, default=Path("demo"), help="where model.onnx is and outputs go")
     demo.add_argument("--seconds", type=float, default=20.0, help="how long the camera runs")
@@ -72,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     daemon = Daemon(cfg)
     daemon.run_forever(args.seconds)
     snap = daemon.telemetry.snapshot()
-    print(json.dumps({k: snap[k] for k in ("frames_in", "published", "ng", "dropped", "reconnects")}))
+    keep = ("frames_in", "published", "ng", "failsafe_ng", "dropped", "reconnects", "events", "gauges")
+    print(json.dumps({k: snap[k] for k in keep}))
     return EXIT_OK
 
 
@@ -88,19 +112,30 @@ def _status(args: argparse.Namespace) -> int:
     from proad.edge.status import query_status
 
     try:
-        print(json.dumps(query_status(args.endpoint, args.timeout_ms), indent=2))
+        print(json.dumps(query_status(args.endpoint, args.timeout_ms, _client_keys(args)), indent=2))
     except TimeoutError as exc:
         print(f"proad-edge: {exc}", file=sys.stderr)
         return EXIT_NO_ANSWER
     return EXIT_OK
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from proad.edge.security import create_keypair
+
+    for name in args.names:
+        public, secret = create_keypair(args.out, name, args.allowed_dir)
+        allowed = f", allowed in {args.allowed_dir}" if args.allowed_dir else ""
+        print(f"{name}: public {public}, secret {secret}{allowed}")
+    return EXIT_OK
+
+
 def _failures() -> list[Failure]:
     from proad.edge.backends import ModelLoadError
     from proad.edge.config import ConfigError
-    from proad.edge.publisher import StartupError
+    from proad.edge.sockets import StartupError
 
-    return [(kind, EXIT_BAD_INPUT, say("error: ")) for kind in (ConfigError, ModelLoadError, StartupError)]
+    kinds = (ConfigError, ModelLoadError, StartupError, FileExistsError)
+    return [(kind, EXIT_BAD_INPUT, say("error: ")) for kind in kinds]
 
 
 def _guarded(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -113,7 +148,7 @@ def edge_main(argv: Sequence[str] | None = None) -> int:
         from proad.edge.demo import run_demo
 
         return _guarded("proad-edge", lambda a: run_demo(a.workdir, a.seconds, a.fps, a.category, a.defect_rate), args)
-    body = {"run": _run, "check-config": _check, "status": _status}[args.command]
+    body = {"run": _run, "check-config": _check, "status": _status, "keys": _keys}[args.command]
     return _guarded("proad-edge", body, args)
 
 
@@ -135,6 +170,7 @@ def sub_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-seconds", type=float, default=None, help="stop when nothing arrives for this long")
     p.add_argument("--hwm", type=int, default=1000, help="receive high-water mark (messages)")
     p.add_argument("--quiet", action="store_true", help="no per-result lines, only the summary")
+    _curve_args(p)
     return p
 
 
@@ -143,7 +179,8 @@ def format_line(r) -> str:
     truth = h.annotations.get("injected_defect")
     extra = f" injected={truth}" if truth is not None else ""
     missed = f" MISSED {r.missed_before}" if r.missed_before else ""
-    return (f"{h.camera_id} seq={h.seq:<6d} {h.decision} score={h.score:.3f} thr={h.threshold:.3f} "
+    score = f"score={h.score:.3f}" if h.score is not None else f"no result ({h.reason})"
+    return (f"{h.camera_id} seq={h.seq:<6d} {h.decision} {score} thr={h.threshold:.3f} "
             f"latency={h.latency_ms.get('total', 0):.1f}ms{extra}{missed}")
 
 
@@ -157,7 +194,8 @@ def save_overlay(r, folder: Path) -> Path:
     frame = r.frame()
     if frame is None:
         frame = np.zeros((*amap.shape, 3), np.uint8)
-    image = overlay(frame, amap, vmax=2 * r.header.threshold, text=f"{r.header.camera_id} {r.header.score:.3f} NG")
+    score = f"{r.header.score:.3f}" if r.header.score is not None else r.header.reason
+    image = overlay(frame, amap, vmax=2 * r.header.threshold, text=f"{r.header.camera_id} {score} NG")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{r.header.camera_id}_{r.header.seq:06d}.png"
     cv2.imwrite(str(path), np.hstack([frame, image]))
@@ -172,7 +210,8 @@ def _subscribe(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     decisions: Counter[str] = Counter()
     t0 = time.monotonic()
-    with Subscriber(args.endpoint, args.camera, "NG" if args.ng_only else None, args.hwm) as sub:
+    keys = _client_keys(args)
+    with Subscriber(args.endpoint, args.camera, "NG" if args.ng_only else None, args.hwm, keys=keys) as sub:
         while args.count is None or sum(decisions.values()) < args.count:
             wait = 500 if args.seconds is not None else None
             if args.idle_seconds is not None:
@@ -197,3 +236,46 @@ def _subscribe(args: argparse.Namespace) -> int:
 def sub_main(argv: Sequence[str] | None = None) -> int:
     args = sub_parser().parse_args(argv)
     return _guarded("proad-sub", _subscribe, args)
+
+
+# ------------------------------------------------------------------------------------------------
+# proad-archive
+
+
+def archive_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="proad-archive",
+        description="The reference NG archiver: store every NG the daemon's NG channel delivers "
+        "(JPEG, map .npy and heatmap PNG, header JSON) and acknowledge it; duplicates are counted, not stored.",
+        epilog="Exit codes: 0 stopped (SIGTERM/SIGINT or --seconds), 2 bad arguments or keys.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="archive directory (<camera>/<result_id>.*)")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5557", help="the daemon's NG channel")
+    p.add_argument("--seconds", type=float, help="stop after this long")
+    p.add_argument("--heartbeat-s", type=float, default=1.0, help="how often to tell the daemon it is alive")
+    p.add_argument("--no-fsync", action="store_true", help="do not fsync files before acknowledging")
+    _curve_args(p)
+    return p
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from proad.edge.archiver import Archiver
+
+    _setup_logging("INFO")
+    stop = threading.Event()
+    archiver = Archiver(args.endpoint, args.out, _client_keys(args), args.heartbeat_s, not args.no_fsync)
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    print(f"archiving NG results from {args.endpoint} into {args.out}", flush=True)
+    try:
+        archiver.run(stop, args.seconds)
+    finally:
+        archiver.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print(json.dumps({"stored": archiver.stored, "duplicates": archiver.duplicates, "rejected": archiver.rejected}))
+    return EXIT_OK
+
+
+def archive_main(argv: Sequence[str] | None = None) -> int:
+    args = archive_parser().parse_args(argv)
+    return _guarded("proad-archive", _archive, args)

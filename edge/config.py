@@ -22,9 +22,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_NODES = 10_000  # values in the loaded document; YAML aliases can make a small file huge
+MAX_CAMERAS = 64
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=4096)
 
 
 class SyntheticSource(_Strict):
@@ -38,6 +42,8 @@ class SyntheticSource(_Strict):
     pool: int = Field(48, ge=2, le=1024, description="frames rendered ahead and cycled (rendering is slow)")
     corrupt_every: int = Field(0, ge=0, description="every n-th frame is corrupt (0 = never), for fault tests")
     max_frames: int | None = Field(None, ge=1, description="stop after this many frames")
+    unplug_every: int = Field(0, ge=0, description="after every n-th frame the camera vanishes (0 = never), for faults")
+    unplug_s: float = Field(1.0, gt=0, le=3600, description="how long a vanished synthetic camera stays away")
 
 
 class OpenCVSource(_Strict):
@@ -91,6 +97,50 @@ class PublishConfig(_Strict):
     linger_ms: int = Field(2000, ge=0, description="time to flush queued messages at shutdown")
 
 
+class NGChannelConfig(_Strict):
+    """The reliable NG channel (DESIGN §5): spool to disk, deliver to archivers, delete on acknowledgement."""
+
+    endpoint: str = Field("tcp://*:5557", max_length=512, description="ROUTER socket archivers connect to")
+    spool_dir: str = Field("spool", max_length=4096, description="NG results waiting for an archiver")
+    max_records: int = Field(10000, ge=1, le=10_000_000, description="spool cap in records")
+    max_mb: float = Field(1024.0, gt=0, description="spool cap in MiB")
+    when_full: Literal["reject_new", "drop_oldest"] = Field(
+        "reject_new", description="reject_new keeps what was accepted; drop_oldest deletes the oldest undelivered"
+    )
+    fsync: bool = Field(True, description="fsync each record before the result is published")
+    window: int = Field(32, ge=1, le=10000, description="records sent and not yet acknowledged, at most")
+    ack_timeout_s: float = Field(5.0, gt=0, description="resend a record not acknowledged within this")
+    archiver_timeout_s: float = Field(3.0, gt=0, description="an archiver silent this long is gone")
+    drain_s: float = Field(5.0, ge=0, description="at shutdown, keep delivering to a connected archiver this long")
+
+
+class FailsafeConfig(_Strict):
+    window_ms: float | None = Field(
+        None, gt=0, le=600_000,
+        description="every frame gets a result within this of its capture: its own, or NG with the reason "
+                    "(timeout, queue_full, backend_error); None: off",
+    )  # fmt: skip
+
+
+class SecurityConfig(_Strict):
+    """CURVE on every socket the daemon binds; only clients whose public key is allowed get in."""
+
+    curve: bool = False
+    server_secret_key: str | None = Field(None, max_length=4096, description="the daemon's NAME.key_secret")
+    allowed_clients: str | None = Field(None, max_length=4096, description="directory of allowed clients' *.key")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SecurityConfig:
+        if self.curve and (self.server_secret_key is None or self.allowed_clients is None):
+            raise ValueError("curve: true needs server_secret_key and allowed_clients")
+        return self
+
+
+class MetricsConfig(_Strict):
+    prometheus_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here (None: off)")
+    address: str = Field("127.0.0.1", max_length=256)
+
+
 class StatusConfig(_Strict):
     endpoint: str | None = Field("tcp://127.0.0.1:5556", description="REP socket answering 'status' (None: off)")
 
@@ -101,10 +151,14 @@ class QueueConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    cameras: list[CameraConfig] = Field(min_length=1)
+    cameras: list[CameraConfig] = Field(min_length=1, max_length=MAX_CAMERAS)
     backend: BackendConfig
     threshold: float | None = Field(None, description="OK/NG threshold for every camera (overrides the model's)")
     publish: PublishConfig = PublishConfig()
+    ng_channel: NGChannelConfig | None = Field(None, description="the reliable NG channel (None: off)")
+    failsafe: FailsafeConfig = FailsafeConfig()
+    security: SecurityConfig = SecurityConfig()
+    metrics: MetricsConfig = MetricsConfig()
     status: StatusConfig = StatusConfig()
     queues: QueueConfig = QueueConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -124,26 +178,43 @@ class ConfigError(ValueError):
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
+    if len(keys) > 16 or not all(keys):
+        raise ConfigError(f"--set {dotted[:80]}: not a dotted path to a field")
     node: Any = data
-    for i, key in enumerate(keys[:-1]):
-        nxt = keys[i + 1]
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
         if isinstance(node, list):
             try:
-                node = node[int(key)]
+                index = int(key)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
             except (ValueError, IndexError) as exc:
                 raise ConfigError(f"--set {dotted}: no list item {key!r}") from exc
-            continue
-        if key not in node or node[key] is None:
-            node[key] = [] if nxt.isdigit() else {}
-        node = node[key]
-    last = keys[-1]
-    if isinstance(node, list):
-        try:
-            node[int(last)] = value
-        except (ValueError, IndexError) as exc:
-            raise ConfigError(f"--set {dotted}: no list item {last!r}") from exc
-    else:
-        node[last] = value
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                if node.get(key) is None:
+                    node[key] = [] if keys[i + 1].isdigit() else {}
+                node = node[key]
+        else:
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i])} is a value, not a section")
+
+
+def _check_size(data: Any) -> None:
+    """Refuse documents with more than MAX_CONFIG_NODES values before pydantic walks them."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            raise ConfigError(f"config has more than {MAX_CONFIG_NODES} values; refusing it")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -152,7 +223,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     try:
         return key, json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return key, raw
 
 
@@ -163,7 +234,12 @@ def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        text = p.read_text()
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {p.stat().st_size} bytes; a config is at most {MAX_CONFIG_BYTES}")
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read it as text: {exc}") from exc
         try:
             if p.suffix.lower() in (".yaml", ".yml"):
                 import yaml
@@ -178,14 +254,15 @@ def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
+    _check_size(data)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_path(data, key, value)
+    _check_size(data)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for e in exc.errors():
-            loc = ".".join(str(x) for x in e["loc"]) or "config"
-            problems.append(f"{loc}: {e['msg']}")
-        raise ConfigError("invalid config: " + "; ".join(problems)) from exc
+        errors = exc.errors()
+        problems = [f"{'.'.join(str(x)[:64] for x in e['loc']) or 'config'}: {e['msg'][:200]}" for e in errors[:5]]
+        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+        raise ConfigError("invalid config: " + "; ".join(problems) + more) from exc

@@ -9,35 +9,50 @@ Threads joined by bounded queues, data flowing one way:
 - one **inference** thread takes up to ``max_batch`` frames across cameras and runs the backend
   (the heavy work releases the GIL);
 - one **output** thread thresholds, encodes and publishes each result in order, giving each camera
-  contiguous ``seq`` numbers;
-- an optional **status** thread answers the REP endpoint.
+  contiguous ``seq`` numbers; an NG is first written to the spool (when the NG channel is on), so
+  every NG anyone saw is on disk; with the fail-safe on, it also publishes the fail-safe NG of any
+  frame whose window closed without a result;
+- an optional **NG delivery** thread sends spooled NG results to archivers until acknowledged;
+- an optional **status** thread answers the REP endpoint, and a Prometheus endpoint serves metrics.
 
 ``stop()`` (SIGTERM / SIGINT in ``run_forever``) stops the cameras, lets inference finish every
-frame already queued, publishes all of it, then closes the sockets with a linger, so nothing that
-was accepted is lost.
+frame already queued, publishes all of it, gives a connected archiver ``drain_s`` to take the
+spool, then closes the sockets with a linger, so nothing that was accepted is lost.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
 
 from proad.edge.backends import Backend, ModelLoadError, load_backend
 from proad.edge.config import CameraConfig, PipelineConfig
+from proad.edge.failsafe import InspectionWindows
 from proad.edge.frames import Frame, FrameQueues
-from proad.edge.postprocess import Inferred, postprocess
+from proad.edge.messages import FrameResult, topic
+from proad.edge.ng_channel import NGChannel
+from proad.edge.postprocess import Inferred, failsafe_result, postprocess
 from proad.edge.preprocess import CorruptFrame, prepare
 from proad.edge.publisher import Publisher
+from proad.edge.security import CurveServer
+from proad.edge.sockets import StartupError
 from proad.edge.sources import Source, SourceError, make_source
+from proad.edge.spool import Record, Spool, SpoolError
 from proad.edge.status import StatusServer
 from proad.edge.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from proad.edge.metrics import MetricsServer
 
 log = logging.getLogger("proad.edge")
 _END = object()
@@ -51,25 +66,34 @@ class Daemon:
         ctx: zmq.Context | None = None,
         sources: dict[str, Source] | None = None,
     ) -> None:
-        """``backend`` / ``sources``: already built ones (embedding, tests); by default built from ``cfg``."""
+        """``backend`` / ``sources``: already built ones (embedding, tests); by default built from ``cfg``.
+
+        Every socket, key and file is set up here, before anything runs, so a bad endpoint, key or
+        spool directory fails at start with one line (and what was already opened is closed)."""
         self.cfg = cfg
         self.backend = backend if backend is not None else load_backend(cfg.backend)
         info = self.backend.info
-        self.telemetry = Telemetry(
-            {"model_id": info.model_id, "backend": info.backend, "device": info.device, "path": info.path}
-        )
+        self.run_id = secrets.token_hex(4)
+        self.telemetry = Telemetry({"model_id": info.model_id, "backend": info.backend, "device": info.device,
+                                    "path": info.path, "run_id": self.run_id})  # fmt: skip
         self.thresholds = {c.id: self._threshold(c) for c in cfg.cameras}
+        self.map_shape = (info.image_size, info.image_size)
         self.frames = FrameQueues([c.id for c in cfg.cameras], cfg.queues.frames_per_camera)
         self.results: queue.Queue = queue.Queue(cfg.queues.results)
-        self.ctx = ctx or zmq.Context.instance()
-        self.publisher = Publisher(cfg.publish, self.ctx, self.telemetry)
+        self.windows = InspectionWindows(cfg.failsafe.window_ms)
+        self.own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.curve: CurveServer | None = None
         self.status: StatusServer | None = None
-        if cfg.status.endpoint:
-            try:
-                self.status = StatusServer(cfg.status.endpoint, self.ctx, self.telemetry)
-            except Exception:
-                self.publisher.close()
-                raise
+        self.spool: Spool | None = None
+        self.ng_channel: NGChannel | None = None
+        self.metrics: MetricsServer | None = None
+        self._closers: list[Callable[[], None]] = []
+        try:
+            self._open_endpoints(cfg)
+        except Exception:
+            self._close_endpoints()
+            raise
         self.stopping = threading.Event()
         given = sources or {}
         self.sources: dict[str, Source] = {c.id: given.get(c.id) or make_source(c.source) for c in cfg.cameras}
@@ -79,6 +103,63 @@ class Daemon:
         self.infer_thread = threading.Thread(target=self._infer, name="inference", daemon=True)
         self.output_thread = threading.Thread(target=self._output, name="output", daemon=True)
         self.started = False
+
+    def _open_endpoints(self, cfg: PipelineConfig) -> None:
+        if cfg.security.curve:
+            assert cfg.security.server_secret_key and cfg.security.allowed_clients  # the config checked
+            self.curve = CurveServer(cfg.security.server_secret_key, cfg.security.allowed_clients, self.ctx)
+            self._closers.append(self.curve.close)
+        self.publisher = Publisher(cfg.publish, self.ctx, self.telemetry, self.curve)
+        self._closers.append(self.publisher.close)
+        if cfg.ng_channel is not None:
+            ng = cfg.ng_channel
+            try:
+                self.spool = Spool(ng.spool_dir, ng.max_records, ng.max_mb, ng.when_full, ng.fsync)
+            except SpoolError as exc:
+                raise StartupError(str(exc)) from exc
+            self.ng_channel = NGChannel(ng, self.spool, self.ctx, self.telemetry, self.curve)
+            self._closers.append(self._stop_ng_channel)
+        if cfg.status.endpoint:
+            self.status = StatusServer(cfg.status.endpoint, self.ctx, self.telemetry, self.curve)
+            self._closers.append(self._stop_status)
+        if cfg.metrics.prometheus_port is not None:
+            from proad.edge.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self.telemetry, cfg.metrics.prometheus_port, cfg.metrics.address)
+            self._closers.append(self.metrics.close)
+
+    def _stop_ng_channel(self) -> None:
+        assert self.ng_channel is not None
+        if self.ng_channel.is_alive():
+            self.ng_channel.stop()
+            self.ng_channel.join(self.ng_channel.cfg.drain_s + 5.0)
+        else:  # never started: its socket is closed by its own thread otherwise
+            self.ng_channel.monitor.close()
+            self.ng_channel.sock.close(0)
+
+    def _stop_status(self) -> None:
+        assert self.status is not None
+        if self.status.is_alive():
+            self.status.stop()
+            self.status.join(2.0)
+        else:
+            self.status.monitor.close()
+            self.status.sock.close(0)
+
+    def _close_endpoints(self) -> None:
+        while self._closers:
+            close = self._closers.pop()
+            try:
+                close()
+            except Exception:
+                log.exception("while closing")
+        if self.own_ctx:
+            stuck = [t.name for t in threading.enumerate() if t.name in ("ng-delivery", "status", "output")
+                     and t.is_alive() and t is not threading.current_thread()]  # fmt: skip
+            if stuck:  # term() would wait for their sockets forever
+                log.error("threads still running at shutdown: %s", ", ".join(stuck))
+            else:
+                self.ctx.term()
 
     def _threshold(self, cam: CameraConfig) -> float:
         """The camera's own > the config's > the model's for the camera's category > the model's."""
@@ -134,8 +215,11 @@ class Daemon:
             frame = Frame(cam.id, index, capture_ts, capture_mono, image,
                           (time.perf_counter() - capture_mono) * 1000, dict(source.annotations))
             index += 1
-            if self.frames.put(frame) is not None:
+            self.windows.accept(frame)
+            dropped = self.frames.put(frame)
+            if dropped is not None:
                 self.telemetry.drop(cam.id, "queue_full")
+                self.windows.give_up(dropped, "queue_full")
         source.close()
 
     def _infer(self) -> None:
@@ -151,8 +235,10 @@ class Daemon:
                 images = batch[0].image[None] if len(batch) == 1 else np.stack([f.image for f in batch])
                 maps, scores = self.backend.infer(images)
             except Exception:
+                self.telemetry.event("backend_errors")
                 for f in batch:
                     self.telemetry.drop(f.camera_id, "backend_error")
+                    self.windows.give_up(f, "backend_error")
                 log.exception("backend failed on a batch of %d (frames dropped)", len(batch))
                 continue
             t1 = time.perf_counter()
@@ -162,30 +248,83 @@ class Daemon:
 
     def _output(self) -> None:
         seq: defaultdict[str, int] = defaultdict(int)
-        model_id = self.backend.info.model_id
         while True:
-            item = self.results.get()
+            try:
+                item = self.results.get(timeout=self.windows.next_due_in())
+            except queue.Empty:
+                item = None
+            for frame, reason in self.windows.due():
+                self._publish_failsafe(frame, reason, seq)
             if item is _END:
                 break
+            if item is None:
+                continue
+            if not self.windows.resolve(item.frame):  # its fail-safe NG already went out
+                self.telemetry.drop(item.frame.camera_id, "late_result")
+                continue
             cam = item.frame.camera_id
             try:
-                header, amap, jpeg = postprocess(item, seq[cam], self.thresholds[cam], model_id, self.cfg.publish)
-                self.publisher.send(header, amap, jpeg)
+                header, amap, jpeg = postprocess(item, seq[cam], self._result_id(cam, seq[cam]),
+                                                 self.thresholds[cam], self.backend.info.model_id, self.cfg.publish)
             except Exception:
                 self.telemetry.drop(cam, "publish_error")
-                log.exception("camera %s: could not publish frame %d", cam, item.frame.frame_index)
+                log.exception("camera %s: could not encode frame %d", cam, item.frame.frame_index)
                 continue
-            seq[cam] += 1
-            self.telemetry.count("published", cam)
-            if header.decision == "NG":
-                self.telemetry.count("ng", cam)
-            self.telemetry.observe(header.latency_ms)
+            self._emit(header, amap, jpeg, seq)
+        for frame, reason in self.windows.due(now=float("inf")):
+            self._publish_failsafe(frame, reason, seq)
+
+    def _result_id(self, camera: str, seq: int) -> str:
+        return f"{self.run_id}-{camera}-{seq}"
+
+    def _publish_failsafe(self, frame: Frame, reason: str, seq: defaultdict[str, int]) -> None:
+        cam = frame.camera_id
+        header, amap, jpeg = failsafe_result(frame, reason, seq[cam], self._result_id(cam, seq[cam]),
+                                             self.thresholds[cam], self.backend.info.model_id, self.map_shape,
+                                             self.cfg.publish)  # fmt: skip
+        log.warning("camera %s frame %d: no result in time (%s): published NG", cam, frame.frame_index, reason)
+        self.telemetry.failsafe_ng(cam, reason)
+        self._emit(header, amap, jpeg, seq)
+
+    def _emit(self, header: FrameResult, amap: np.ndarray, jpeg: bytes | None, seq: defaultdict[str, int]) -> None:
+        """Spool (NG), then publish: an NG a subscriber saw is always on disk for the archivers."""
+        cam = header.camera_id
+        header_b = header.model_dump_json().encode()
+        if header.decision == "NG" and self.spool is not None:
+            self._spool(header, header_b, amap, jpeg)
+        try:
+            self.publisher.send(topic(cam, header.decision), header_b, amap, jpeg)
+        except Exception:
+            self.telemetry.drop(cam, "publish_error")
+            log.exception("camera %s: could not publish frame %d", cam, header.frame_index)
+            return
+        seq[cam] += 1
+        self.telemetry.count("published", cam)
+        if header.decision == "NG":
+            self.telemetry.count("ng", cam)
+        self.telemetry.observe(header.latency_ms)
+
+    def _spool(self, header: FrameResult, header_b: bytes, amap: np.ndarray, jpeg: bytes | None) -> None:
+        assert self.spool is not None
+        parts = [header_b, amap.tobytes()] + ([jpeg] if jpeg is not None else [])
+        try:
+            accepted = self.spool.add(Record(header.result_id, parts))
+        except SpoolError as exc:
+            self.telemetry.drop(header.camera_id, "spool_error")
+            log.error("NG %s not spooled (%s); it is still published", header.result_id, exc)
+            return
+        if not accepted:
+            self.telemetry.drop(header.camera_id, "spool_full")
+            log.error("spool full (%d records): NG %s refused; it is still published",
+                      self.spool.depth(), header.result_id)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         self.started = True
         self.output_thread.start()
         self.infer_thread.start()
+        if self.ng_channel is not None:
+            self.ng_channel.start()
         if self.status is not None:
             self.status.start()
         for t in self.capture_threads:
@@ -206,11 +345,7 @@ class Daemon:
             self.output_thread.join(max(0.0, deadline - time.monotonic()))
             if self.output_thread.is_alive():
                 log.error("shutdown timed out with %d frames queued", self.frames.pending())
-        if self.status is not None:
-            self.status.stop()
-            if self.status.is_alive():
-                self.status.join(2.0)
-        self.publisher.close()
+        self._close_endpoints()
         self.backend.close()
 
     def wait(self, seconds: float | None = None) -> bool:

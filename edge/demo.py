@@ -3,7 +3,9 @@
 A synthetic camera (a circuit board at 30 fps with defects injected in a fifth of the frames) feeds
 the daemon, which runs the demo model exported to ONNX on ONNX Runtime and publishes over ZeroMQ;
 this process subscribes, prints the live stream of OK/NG results, saves NG overlays, and ends with a
-summary: frames, FPS, latency, and NG found against the defects the camera injected.
+summary: frames, FPS, latency, and NG found against the defects the camera injected. Every NG also
+goes through the reliable NG channel to a reference archiver (``proad-archive``), and the summary
+says how many of the NG results it stored.
 
 The daemon runs as its own process (``proad-edge run``), exactly as on a line; the model must
 already exist (``make demo`` trains and exports it first).
@@ -24,7 +26,7 @@ import numpy as np
 from proad.edge.backends import ModelLoadError
 
 
-def demo_config(model: Path, category: str, fps: float, defect_rate: float, seconds: float) -> dict:
+def demo_config(model: Path, category: str, fps: float, defect_rate: float, seconds: float, spool: Path) -> dict:
     return {
         "cameras": [{
             "id": "cam0",
@@ -34,6 +36,7 @@ def demo_config(model: Path, category: str, fps: float, defect_rate: float, seco
         }],
         "backend": {"kind": "onnxruntime", "model": str(model), "device": "cpu", "threads": 2},
         "publish": {"endpoint": "tcp://127.0.0.1:5555", "map_dtype": "float16", "jpeg": "ng"},
+        "ng_channel": {"endpoint": "tcp://127.0.0.1:5557", "spool_dir": str(spool)},
         "status": {"endpoint": "tcp://127.0.0.1:5556"},
         "log_level": "INFO",
     }  # fmt: skip
@@ -48,9 +51,15 @@ def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_ra
     if not model.is_file():
         raise ModelLoadError(f"{model} not found: `make demo` trains and exports it first")
     config = workdir / "edge.json"
-    config.write_text(json.dumps(demo_config(model, category, fps, defect_rate, seconds), indent=2))
+    config.write_text(json.dumps(demo_config(model, category, fps, defect_rate, seconds, workdir / "spool"), indent=2))
     overlays = workdir / "ng_overlays"
     log_path = workdir / "daemon.log"
+    archive = workdir / "archive"
+    archiver = subprocess.Popen(
+        [sys.executable, "-c", "from proad.edge.cli import archive_main; raise SystemExit(archive_main())",
+         "--out", str(archive), "--endpoint", "tcp://127.0.0.1:5557", "--no-fsync"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
     print(f"starting the daemon (log: {log_path}): synthetic '{category}' camera at {fps:g} fps for {seconds:g} s, "
           f"ONNX Runtime on {model}")
     sub = Subscriber("tcp://127.0.0.1:5555")  # before the daemon binds: ZeroMQ connects when it appears
@@ -86,6 +95,8 @@ def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_ra
                 daemon.terminate()
             code = daemon.wait(30)
             sub.close()
+            archiver.terminate()  # the daemon gave it the spool before it exited
+            archived = _archived(archiver.communicate(timeout=30)[0])
     received = sum(truth.values())
     if code != 0 or received == 0:
         print(f"the daemon exited with {code} after {received} results; see {log_path}", file=sys.stderr)
@@ -102,5 +113,15 @@ def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_ra
     print(f"latency capture->publish: p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms")
     print(f"defects injected: {tp + fn}; found (NG): {tp}; missed: {fn}")
     print(f"normal frames: {fp + tn}; false alarms (NG): {fp}")
+    print(f"NG results archived through the NG channel: {archived} of {tp + fp} (in {archive}/)")
     print(f"NG overlays: {overlays}/")
     return 0
+
+
+def _archived(archiver_stdout: str) -> int:
+    """How many NG results the archiver stored (its last line is a JSON summary)."""
+    lines = archiver_stdout.strip().splitlines()
+    try:
+        return int(json.loads(lines[-1])["stored"]) if lines else 0
+    except (ValueError, KeyError):
+        return 0

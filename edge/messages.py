@@ -9,19 +9,29 @@
     frame   JPEG of the input frame, when the header says has_frame
 
 ``seq`` is contiguous per camera over published results, so a subscriber counts what it missed;
-``frame_index`` counts captured frames, so its gaps are the daemon's own drops.
+``frame_index`` counts captured frames, so its gaps are the daemon's own drops. ``result_id``
+(``<run>-<camera>-<seq>``) is unique across daemon restarts: the NG channel delivers at least once,
+and archivers drop duplicates by it.
+
+Parsing is defensive: whatever arrives (truncated multipart, a huge or hostile header, an unknown
+schema version, a map of the wrong size) raises :class:`WireError` with the reason, and nothing else.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 SCHEMA_VERSION = 1
 TOPIC_PREFIX = b"proad/"
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+MAX_MAP_SIDE = 8192
+
+_Key = Annotated[str, StringConstraints(max_length=64)]
+_Text = Annotated[str, StringConstraints(max_length=256)]
 
 
 class WireError(ValueError):
@@ -34,22 +44,31 @@ class FrameResult(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    camera_id: str = Field(max_length=64)
-    seq: int = Field(ge=0, description="contiguous per camera over published results")
-    frame_index: int = Field(ge=0, description="per camera capture counter; gaps are frames the daemon dropped")
-    capture_ts: float = Field(description="unix time the frame was captured")
-    publish_ts: float
-    latency_ms: dict[str, float] = Field(default_factory=dict, description="per stage: queue, infer, post, total")
-    score: float
-    threshold: float
+    camera_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    seq: int = Field(ge=0, lt=2**63, description="contiguous per camera over published results")
+    frame_index: int = Field(ge=0, lt=2**63, description="per camera capture counter; gaps are the daemon's drops")
+    result_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,160}$", description="<run>-<camera>-<seq>, unique")
+    capture_ts: float = Field(allow_inf_nan=False, description="unix time the frame was captured")
+    publish_ts: float = Field(allow_inf_nan=False)
+    latency_ms: dict[_Key, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict, max_length=16, description="per stage: preprocess, queue, infer, post, total"
+    )
+    score: Annotated[float, Field(allow_inf_nan=False)] | None = Field(
+        description="None when no result came in time (a fail-safe NG)"
+    )
+    threshold: float = Field(allow_inf_nan=False)
     decision: Literal["OK", "NG"]
-    reason: str = Field("score", max_length=64, description="why this decision: score, timeout...")
+    reason: Literal["score", "timeout", "queue_full", "backend_error"] = Field(
+        "score", description="score: the model decided; otherwise the fail-safe NG and why no result came"
+    )
     model_id: str = Field(max_length=64)
-    map_shape: tuple[int, int]
+    map_shape: tuple[Annotated[int, Field(ge=1, le=MAX_MAP_SIDE)], Annotated[int, Field(ge=1, le=MAX_MAP_SIDE)]]
     map_dtype: Literal["float16", "uint8"]
-    map_scale: float = Field(1.0, gt=0, description="uint8 maps: the value a byte of 255 stands for")
+    map_scale: float = Field(1.0, gt=0, allow_inf_nan=False, description="uint8 maps: what a byte of 255 stands for")
     has_frame: bool = False
-    annotations: dict[str, str] = Field(default_factory=dict, description="source facts, e.g. injected defect")
+    annotations: dict[_Key, _Text] = Field(
+        default_factory=dict, max_length=32, description="source facts, e.g. the injected defect"
+    )
 
 
 def topic(camera_id: str, decision: str) -> bytes:
@@ -72,25 +91,50 @@ def encode_map(amap: np.ndarray, dtype: str, scale: float) -> np.ndarray:
     return np.clip(np.rint(amap * (255.0 / scale)), 0, 255).astype(np.uint8)
 
 
+def as_bytes(part: Any) -> bytes:
+    """A received part (``zmq.Frame`` or bytes) as bytes."""
+    return bytes(part.buffer) if hasattr(part, "buffer") else bytes(part)
+
+
+def decode_header(header_b: bytes) -> FrameResult:
+    """Validate a header; an unknown schema version is named as such (a newer daemon, not garbage)."""
+    if len(header_b) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(header_b)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        raw = json.loads(header_b)
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"header is not JSON: {str(exc)[:120]}") from exc
+    if not isinstance(raw, dict):
+        raise WireError(f"header is a JSON {type(raw).__name__}, not an object")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise WireError(f"unknown schema version {str(version)[:20]!r} (this reader understands {SCHEMA_VERSION})")
+    try:
+        return FrameResult.model_validate(raw)
+    except ValueError as exc:
+        raise WireError(f"invalid header: {' '.join(str(exc).split())[:240]}") from exc
+
+
+def decode_map(header: FrameResult, map_b: bytes) -> np.ndarray:
+    dtype = np.dtype(np.float16 if header.map_dtype == "float16" else np.uint8)
+    h, w = header.map_shape
+    if len(map_b) != h * w * dtype.itemsize:
+        raise WireError(f"map has {len(map_b)} bytes, header says {h}x{w} {header.map_dtype}")
+    return np.frombuffer(map_b, dtype=dtype).reshape(h, w)
+
+
 def decode(frames: list[bytes] | list) -> tuple[FrameResult, np.ndarray, bytes | None]:
     """Parse a received multipart message; raises :class:`WireError` naming what is wrong."""
     if len(frames) not in (3, 4):
         raise WireError(f"expected 3 or 4 message parts, got {len(frames)}")
-    parts = [bytes(f.buffer) if hasattr(f, "buffer") else bytes(f) for f in frames]
+    parts = [as_bytes(f) for f in frames]
     topic_b, header_b, map_b = parts[:3]
     if not topic_b.startswith(TOPIC_PREFIX):
         raise WireError(f"topic {topic_b[:40]!r} is not a proad topic")
-    if len(header_b) > MAX_HEADER_BYTES:
-        raise WireError(f"header of {len(header_b)} bytes exceeds {MAX_HEADER_BYTES}")
-    try:
-        header = FrameResult.model_validate_json(header_b)
-    except ValueError as exc:
-        raise WireError(f"invalid header: {str(exc).splitlines()[0][:200]}") from exc
-    dtype = np.float16 if header.map_dtype == "float16" else np.uint8
-    h, w = header.map_shape
-    if len(map_b) != h * w * np.dtype(dtype).itemsize:
-        raise WireError(f"map has {len(map_b)} bytes, header says {h}x{w} {header.map_dtype}")
-    amap = np.frombuffer(map_b, dtype=dtype).reshape(h, w)
+    header = decode_header(header_b)
+    if topic_b != topic(header.camera_id, header.decision):
+        raise WireError(f"topic {topic_b[:80]!r} does not match the header ({header.camera_id}, {header.decision})")
+    amap = decode_map(header, map_b)
     if header.has_frame != (len(parts) == 4):
         raise WireError("frame part missing or unexpected")
     return header, amap, parts[3] if len(parts) == 4 else None

@@ -67,6 +67,9 @@ class SyntheticCamera(Source):
     Rendering is slow (about 10 ms a frame), so ``pool`` frames are rendered at open and cycled;
     which frames carry which defect is a pure function of the seed, and each frame's annotations say
     so (``injected_defect``), which is how tests and the demo check the daemon's decisions.
+
+    For fault tests it can also send corrupt frames (``corrupt_every``) and vanish like an unplugged
+    cable (``unplug_every`` frames, for ``unplug_s``: reads and reopens fail until it is back).
     """
 
     def __init__(self, cfg: SyntheticSource) -> None:
@@ -75,11 +78,16 @@ class SyntheticCamera(Source):
         self.pool: list[tuple[np.ndarray, str]] = []
         self.count = 0
         self.pacer = Pacer(cfg.fps)
+        self.back_at = 0.0
+        self.unplugged_at = -1
 
     def open(self) -> None:
         from proad.data.synth import DEFECTS, render
 
+        if time.monotonic() < self.back_at:
+            raise SourceError("synthetic camera: unplugged")
         if self.pool:
+            self.pacer = Pacer(self.cfg.fps)
             return
         try:
             kinds = DEFECTS[self.cfg.category]
@@ -96,6 +104,11 @@ class SyntheticCamera(Source):
     def read(self) -> np.ndarray | None:
         if self.cfg.max_frames is not None and self.count >= self.cfg.max_frames:
             return None
+        every = self.cfg.unplug_every
+        if every and self.count and self.count % every == 0 and self.unplugged_at != self.count:
+            self.unplugged_at = self.count
+            self.back_at = time.monotonic() + self.cfg.unplug_s
+            raise SourceError("synthetic camera: cable pulled")
         self.pacer.wait()
         i = self.count
         self.count += 1

@@ -1,8 +1,9 @@
-"""Status endpoint: a REP socket that answers any request with the telemetry snapshot as JSON.
+"""Status endpoint: a REP socket that answers ``b"status"`` with the telemetry snapshot as JSON.
 
-``zmq`` REQ -> ``b"status"`` -> JSON (frames in, published, NG, dropped by reason, reconnects,
-subscribers, latency percentiles, model, uptime). Runs in its own thread; only that thread touches
-the socket.
+``zmq`` REQ -> ``b"status"`` -> JSON (frames in, published, NG, fail-safe NG, dropped by reason,
+reconnects, subscribers and archivers connected, spool depth, refused CURVE clients, latency
+percentiles, model, uptime). Runs in its own thread; only that thread touches the socket. Any
+other request gets an error answer, never silence (REQ clients would hang).
 """
 
 from __future__ import annotations
@@ -12,43 +13,53 @@ import threading
 
 import zmq
 
-from proad.edge.publisher import bind
+from proad.edge.security import ClientKeys, CurveServer
+from proad.edge.sockets import serve
 from proad.edge.telemetry import Telemetry
 
 
 class StatusServer(threading.Thread):
-    def __init__(self, endpoint: str, ctx: zmq.Context, telemetry: Telemetry) -> None:
+    def __init__(
+        self, endpoint: str, ctx: zmq.Context, telemetry: Telemetry, curve: CurveServer | None = None
+    ) -> None:
         super().__init__(name="status", daemon=True)
         self.telemetry = telemetry
         self.stop_event = threading.Event()
         self.sock = ctx.socket(zmq.REP)
         self.sock.setsockopt(zmq.LINGER, 0)
-        bind(self.sock, endpoint, "status")
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 4096)  # a request is one word; anything bigger is dropped
+        self.monitor, self.endpoint = serve(self.sock, endpoint, "status", telemetry, curve)
 
     def run(self) -> None:
         try:
             while not self.stop_event.is_set():
+                self.monitor.poll()
                 if not self.sock.poll(200):
                     continue
-                request = self.sock.recv()
-                if request.strip() in (b"status", b""):
-                    reply = self.telemetry.snapshot()
-                else:
-                    reply = {"error": f"unknown request {request[:32]!r}; send b'status'"}
-                self.sock.send(json.dumps(reply).encode())
+                request = b"".join(self.sock.recv_multipart())
+                self.sock.send(json.dumps(answer(request, self.telemetry)).encode())
         finally:
+            self.monitor.close()
             self.sock.close(0)
 
     def stop(self) -> None:
         self.stop_event.set()
 
 
-def query_status(endpoint: str, timeout_ms: int = 2000) -> dict:
+def answer(request: bytes, telemetry: Telemetry) -> dict:
+    if request.strip() in (b"status", b""):
+        return telemetry.snapshot()
+    telemetry.event("invalid_requests.status")
+    return {"error": f"unknown request {request[:32]!r}; send b'status'"}
+
+
+def query_status(endpoint: str, timeout_ms: int = 2000, keys: ClientKeys | None = None) -> dict:
     """Ask a running daemon for its status (raises TimeoutError when it does not answer)."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        keys.apply(sock)
     sock.connect(endpoint)
     try:
         sock.send(b"status")

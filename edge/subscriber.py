@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 
 from proad.edge.messages import FrameResult, WireError, decode, map_to_float, subscription
+from proad.edge.security import ClientKeys
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,15 @@ class Subscriber:
         decision: str | None = None,
         hwm: int = 1000,
         ctx: zmq.Context | None = None,
+        keys: ClientKeys | None = None,
     ) -> None:
+        """``keys``: this subscriber's CURVE keys, when the daemon runs with CURVE."""
         self.sock = (ctx or zmq.Context.instance()).socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 256 * 1024 * 1024)  # a hostile publisher cannot exhaust memory
+        if keys is not None:
+            keys.apply(self.sock)
         self.sock.setsockopt(zmq.SUBSCRIBE, subscription(camera, decision))
         self.sock.connect(endpoint)
         self.track_missed = decision is None

@@ -56,3 +56,12 @@ def board_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     onnx_path = root / "board.onnx"
     export_onnx(ckpt, onnx_path, verify_count=1)
     return ckpt, onnx_path
+
+
+@pytest.fixture(scope="module")
+def backend(board_model: tuple[Path, Path]):  # -> proad.edge.backends.Backend
+    """The board model on ONNX Runtime, as the daemon runs it."""
+    from proad.edge.backends import load_backend
+    from proad.edge.config import BackendConfig
+
+    return load_backend(BackendConfig(model=str(board_model[1]), threads=2))

@@ -22,11 +22,6 @@ from proad.edge.status import query_status
 from proad.edge.subscriber import Subscriber
 
 
-@pytest.fixture(scope="module")
-def backend(board_model):
-    return load_backend(BackendConfig(model=str(board_model[1]), threads=2))
-
-
 def config(onnx: Path, cameras: list[dict], **extra: object) -> PipelineConfig:
     data = {
         "cameras": cameras,

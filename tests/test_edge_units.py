@@ -91,8 +91,8 @@ def test_check_config_cli_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def _header(**kw: object) -> FrameResult:
-    base = dict(camera_id="c1", seq=3, frame_index=5, capture_ts=1.0, publish_ts=1.1, score=0.4, threshold=0.3,
-                decision="NG", model_id="abc", map_shape=(4, 4), map_dtype="float16", map_scale=0.6)
+    base = dict(camera_id="c1", seq=3, frame_index=5, result_id="r1-c1-3", capture_ts=1.0, publish_ts=1.1, score=0.4,
+                threshold=0.3, decision="NG", model_id="abc", map_shape=(4, 4), map_dtype="float16", map_scale=0.6)
     base.update(kw)
     return FrameResult(**base)
 
@@ -114,10 +114,15 @@ def test_wire_round_trip_float16_and_uint8() -> None:
     [
         ([b"proad/c1/NG", b"{}"], "expected 3 or 4"),
         ([b"other/c1", b"{}", b""], "not a proad topic"),
-        ([b"proad/c1/NG", b"{not json", b""], "invalid header"),
-        ([b"proad/c1/NG", _header(schema_version=1).model_dump_json().replace('"schema_version":1',
-                                                                                '"schema_version":9').encode(),
-          b"\0" * 32], "invalid header"),
+        ([b"proad/c1/NG", b"{not json", b""], "header is not JSON"),
+        ([b"proad/c1/NG", _header().model_dump_json().replace('"schema_version":1', '"schema_version":9').encode(),
+          b"\0" * 32], "unknown schema version '9'"),
+        ([b"proad/c1/NG", b"[1, 2]", b""], "not an object"),
+        ([b"proad/c2/NG", _header().model_dump_json().encode(), b"\0" * 32], "does not match the header"),
+        ([b"proad/c1/NG", _header().model_dump_json().replace('"score":0.4', '"score":NaN').encode(),
+          b"\0" * 32], "finite number"),
+        ([b"proad/c1/NG", _header().model_dump_json().replace('"annotations":{}', '"annotations":{"k":"' + "v" * 300
+                                                               + '"}').encode(), b"\0" * 32], "at most 256"),
         ([b"proad/c1/NG", _header().model_dump_json().encode(), b"\0" * 31], "map has 31 bytes"),
         ([b"proad/c1/NG", _header(has_frame=True).model_dump_json().encode(), b"\0" * 32], "frame part missing"),
         ([b"proad/c1/NG", b"x" * 70000, b""], "exceeds"),
