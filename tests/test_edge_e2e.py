@@ -57,7 +57,9 @@ def run_to_end(daemon: Daemon, subs: list[Subscriber], timeout: float = 60) -> l
 
 
 def test_results_are_contiguous_typed_and_right(board_model, backend) -> None:
-    cfg = config(board_model[1], [camera("cam0", fps=60, defect_rate=0.3, pool=24, max_frames=48)])
+    # queues deep enough that a loaded machine drops nothing: this test is about what is published
+    cfg = config(board_model[1], [camera("cam0", fps=60, defect_rate=0.3, pool=24, max_frames=48)],
+                 queues={"frames_per_camera": 64})
     daemon = Daemon(cfg, backend=backend)
     (results,) = run_to_end(daemon, [connect(daemon)])
     assert [r.header.seq for r in results] == list(range(48))
@@ -104,7 +106,8 @@ def test_camera_filter_and_ng_only(board_model, backend) -> None:
 
 
 def test_corrupt_frames_are_counted_not_fatal(board_model, backend) -> None:
-    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=42, corrupt_every=7, pool=8)])
+    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=42, corrupt_every=7, pool=8)],
+                 queues={"frames_per_camera": 64})
     daemon = Daemon(cfg, backend=backend)
     (results,) = run_to_end(daemon, [connect(daemon)])
     snap = daemon.telemetry.snapshot()
