@@ -14,7 +14,7 @@ ORACLE := $(VENV)/trt-oracle
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,onnx,export,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,onnx,export,dev,bench]'
 	$(PY) -m pip install -q --no-deps --target $(ORACLE)/trt11 tensorrt-cu13-bindings==11.4.0.106
 	$(PY) -m pip install -q --no-deps --target $(ORACLE)/trt10 tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)

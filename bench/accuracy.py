@@ -12,6 +12,14 @@ later layers only, a loss instead of a projection), and M = 6 prototypes (INP-Fo
     python bench/accuracy.py --variants default no-constraint --iterations 500
 
 Finished variants are kept in the JSON and skipped on the next run unless ``--force``.
+
+**Against PatchCore** (``--compare-patchcore``, issue 7): Pro-AD (one multi-class model, trained
+here or given with ``--proad-checkpoint``) against one PatchCore per category
+(``bench/baselines/patchcore.py``) on the same frozen encoder, input size and data, with every
+metric of ``proad-eval``, inference time per image and model size on disk; writes
+``bench/results/proad_vs_patchcore.json`` and ``.md``::
+
+    python bench/accuracy.py --compare-patchcore [--data ROOT] [--proad-checkpoint CKPT] [--coreset-ratio 0.1]
 """
 
 from __future__ import annotations
@@ -24,14 +32,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_REAL, RESULTS, machine, write_results
-from proad.checkpoint import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "baselines"))
+from patchcore import PatchCore
+
+from proad.checkpoint import build_model, load_checkpoint
 from proad.config import ModelConfig, TrainConfig
 from proad.data.synth import write_dataset
-from proad.evaluate import evaluate
+from proad.evaluate import evaluate, evaluate_category
 from proad.train import open_categories, train
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -87,6 +100,87 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+COMPARE_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
+
+
+def compare_patchcore(data: Path, checkpoint: Path | None, iterations: int, coreset_ratio: float) -> dict[str, Any]:
+    """Pro-AD (one model) vs PatchCore (one per category) on every category of ``data``."""
+    folders = open_categories([data], None, 256)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_s = None
+        if checkpoint is None:
+            print(f"training Pro-AD on {data} ({iterations} iterations)", flush=True)
+            t0 = time.perf_counter()
+            checkpoint = Path(tmp) / "proad.pt"
+            train([data], checkpoint, ModelConfig(), TrainConfig(iterations=iterations), log=lambda s: None)
+            train_s = time.perf_counter() - t0
+        ckpt = load_checkpoint(checkpoint)
+        proad_bytes = checkpoint.stat().st_size
+        model = build_model(ckpt)
+        print("evaluating Pro-AD", flush=True)
+        proad = evaluate(model, folders, ckpt.threshold, ckpt.train_info.get("category_thresholds"), progress=False)
+        pc_cats: dict[str, Any] = {}
+        pc_bytes = 0
+        for folder in folders:
+            t0 = time.perf_counter()
+            pc = PatchCore(ckpt.model_config, coreset_ratio=coreset_ratio, encoder=model.encoder)
+            pc.fit([folder.load(item)[0] for item in folder.train])
+            fit_s = time.perf_counter() - t0
+            path = Path(tmp) / f"patchcore_{folder.category}.pt"
+            torch.save({"bank": pc.bank}, path)
+            pc_bytes += path.stat().st_size
+            result = evaluate_category(pc, folder, float("inf"))
+            result.update(fit_seconds=fit_s, bank=list(pc.bank.shape), bytes=path.stat().st_size)
+            pc_cats[folder.category] = result
+            print(f"PatchCore {folder.category}: " + ", ".join(f"{k} {result[k]:.3f}" for k in COMPARE_KEYS)
+                  + f" (fit {fit_s:.0f} s, bank {tuple(pc.bank.shape)})", flush=True)
+    pc_mean = {k: float(np.mean([r[k] for r in pc_cats.values()])) for k in (*COMPARE_KEYS, "ms_per_image")}
+    return {
+        "data": str(data),
+        "proad": {"checkpoint": str(checkpoint), "train_seconds": train_s, "bytes": proad_bytes,
+                  "models": 1, "categories": proad["categories"], "mean": proad["mean"]},
+        "patchcore": {"coreset_ratio": coreset_ratio, "bytes": pc_bytes, "models": len(pc_cats),
+                      "categories": pc_cats, "mean": pc_mean},
+    }  # fmt: skip
+
+
+def compare_table(data: dict[str, Any]) -> str:
+    m, pro, pc = data["machine"], data["proad"], data["patchcore"]
+    names = {"image_auroc": "img AUROC", "image_ap": "img AP", "image_f1_max": "img F1", "pixel_auroc": "px AUROC",
+             "pixel_ap": "px AP", "pixel_f1_max": "px F1", "aupro": "AUPRO"}  # fmt: skip
+    lines = [
+        "# Pro-AD vs PatchCore",
+        "",
+        f"{m['cpu']} ({m['cores']} cores), {m['date']}; data `{data['data']}`. Same frozen encoder "
+        f"(tf_efficientnet_lite0, levels 2+3), same 256x256 input, same evaluation code. **Pro-AD: one model for "
+        f"all {len(pro['categories'])} categories; PatchCore: one per category** (its memory bank holds one kind of "
+        f"normal), coreset {pc['coreset_ratio']:.0%}, fitted on all train/good images (Pro-AD held 10 % out to "
+        "calibrate its threshold).",
+        "",
+        "| category | " + " | ".join(f"{v} Pro-AD / PatchCore" for v in names.values()) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for cat in [*pro["categories"], "mean"]:
+        a = pro["mean"] if cat == "mean" else pro["categories"][cat]
+        b = pc["mean"] if cat == "mean" else pc["categories"][cat]
+        cells = []
+        for k in names:
+            mark = "**" if cat == "mean" else ""
+            cells.append(f"{mark}{a[k]:.3f} / {b[k]:.3f}{mark}")
+        lines.append(f"| {'**mean**' if cat == 'mean' else cat} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| | models | on disk | inference ms / image (batch 16, 2 threads) |",
+        "|---|---:|---:|---:|",
+        f"| Pro-AD | 1 | {pro['bytes'] / 2**20:.1f} MB (decoder + prototypes) | {pro['mean']['ms_per_image']:.1f} |",
+        f"| PatchCore | {pc['models']} | {pc['bytes'] / 2**20:.1f} MB (memory banks) | "
+        f"{pc['mean']['ms_per_image']:.1f} |",
+        "",
+        "Both also need the encoder's weights (the same 13 MB package), not counted above.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -97,11 +191,19 @@ def main() -> int:
     p.add_argument("--real", type=Path, default=DEFAULT_REAL, help="real MVTec-AD-layout root (skipped if absent)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--force", action="store_true", help="re-run variants already in the JSON")
+    p.add_argument("--compare-patchcore", action="store_true", help="Pro-AD vs PatchCore instead of the ablation")
+    p.add_argument("--proad-checkpoint", type=Path, help="--compare-patchcore: use this Pro-AD model (else train)")
+    p.add_argument("--coreset-ratio", type=float, default=0.1, help="--compare-patchcore: PatchCore coreset share")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     if not (args.data / "board").is_dir():
         write_dataset(args.data)
+    if args.compare_patchcore:
+        result = compare_patchcore(args.data, args.proad_checkpoint, args.iterations, args.coreset_ratio)
+        data = {"machine": machine(), **result}
+        write_results("proad_vs_patchcore", data, compare_table(data))
+        return 0
     roots = [args.data] + ([args.real] if args.real.is_dir() else [])
     real = set()
     if args.real.is_dir():

@@ -97,9 +97,15 @@ def as_bytes(part: Any) -> bytes:
 
 
 def decode_header(header_b: bytes) -> FrameResult:
-    """Validate a header; an unknown schema version is named as such (a newer daemon, not garbage)."""
+    """Validate a header; an unknown schema version is named as such (a newer daemon, not garbage).
+
+    Valid headers take pydantic's JSON fast path; only a refused one is parsed again, to say why."""
     if len(header_b) > MAX_HEADER_BYTES:
         raise WireError(f"header of {len(header_b)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        return FrameResult.model_validate_json(header_b)
+    except ValueError:
+        pass
     try:
         raw = json.loads(header_b)
     except (ValueError, RecursionError) as exc:
@@ -115,7 +121,8 @@ def decode_header(header_b: bytes) -> FrameResult:
         raise WireError(f"invalid header: {' '.join(str(exc).split())[:240]}") from exc
 
 
-def decode_map(header: FrameResult, map_b: bytes) -> np.ndarray:
+def decode_map(header: FrameResult, map_b: bytes | memoryview) -> np.ndarray:
+    """The map as a read-only array over the received bytes (no copy)."""
     dtype = np.dtype(np.float16 if header.map_dtype == "float16" else np.uint8)
     h, w = header.map_shape
     if len(map_b) != h * w * dtype.itemsize:
@@ -127,17 +134,20 @@ def decode(frames: list[bytes] | list) -> tuple[FrameResult, np.ndarray, bytes |
     """Parse a received multipart message; raises :class:`WireError` naming what is wrong."""
     if len(frames) not in (3, 4):
         raise WireError(f"expected 3 or 4 message parts, got {len(frames)}")
-    parts = [as_bytes(f) for f in frames]
-    topic_b, header_b, map_b = parts[:3]
+    topic_b, header_b = as_bytes(frames[0]), as_bytes(frames[1])
+    try:  # the map is not copied: an array over the received buffer
+        map_b = memoryview(frames[2].buffer if hasattr(frames[2], "buffer") else frames[2]).cast("B")
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"map part is not a contiguous buffer: {exc}") from exc
     if not topic_b.startswith(TOPIC_PREFIX):
         raise WireError(f"topic {topic_b[:40]!r} is not a proad topic")
     header = decode_header(header_b)
     if topic_b != topic(header.camera_id, header.decision):
         raise WireError(f"topic {topic_b[:80]!r} does not match the header ({header.camera_id}, {header.decision})")
     amap = decode_map(header, map_b)
-    if header.has_frame != (len(parts) == 4):
+    if header.has_frame != (len(frames) == 4):
         raise WireError("frame part missing or unexpected")
-    return header, amap, parts[3] if len(parts) == 4 else None
+    return header, amap, as_bytes(frames[3]) if len(frames) == 4 else None
 
 
 def map_to_float(header: FrameResult, amap: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ counts connected subscribers (and refused CURVE handshakes) for the status endpo
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import zmq
 
@@ -25,9 +27,13 @@ class Publisher:
         self.sock.setsockopt(zmq.SNDHWM, cfg.hwm)
         self.sock.setsockopt(zmq.LINGER, cfg.linger_ms)
         self.monitor, self.endpoint = serve(self.sock, cfg.endpoint, "publish", telemetry, curve)
+        self.monitor_due = 0.0
 
     def send(self, topic: bytes, header: bytes, amap: np.ndarray | bytes, jpeg: bytes | None) -> None:
-        self.monitor.poll()
+        now = time.monotonic()
+        if now >= self.monitor_due:  # connection events are not urgent: look ten times a second, not per map
+            self.monitor.poll()
+            self.monitor_due = now + 0.1
         parts: list = [topic, header, amap]
         if jpeg is not None:
             parts.append(jpeg)

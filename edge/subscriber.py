@@ -77,10 +77,13 @@ class Subscriber:
         """The next valid result, or None when ``timeout_ms`` passes without one."""
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
-            left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not self.sock.poll(left):
-                return None
-            parts = self.sock.recv_multipart(copy=False)
+            try:  # under load a message is usually waiting: take it without a poll
+                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+                if not self.sock.poll(left):
+                    return None
+                continue
             try:
                 header, amap, jpeg = decode(parts)
             except WireError as exc:
