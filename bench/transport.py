@@ -40,7 +40,9 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "faults"))
 from common import machine, write_results
+from harness import free_port
 
 SYSTEMS = ("proad", "imagezmq-pubsub", "imagezmq-reqrep", "raw-pubsub")
 LABELS = {"proad": "proad-edge PUB/SUB", "imagezmq-pubsub": "imagezmq PUB/SUB",
@@ -209,17 +211,10 @@ def receiver(system: str, port: int, seconds: float, stalled: bool, out: mp.Queu
     ctx.destroy(linger=0)
 
 
-def _free_port() -> int:
-    s = zmq.Context.instance().socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(0)
-    return port
-
-
 def run(system: str, seconds: float, fps: float | None, stalled: bool = False) -> dict[str, Any]:
     spawn = mp.get_context("spawn")
     out: mp.Queue = spawn.Queue()
-    port = _free_port()
+    port = free_port()
     procs = []
     if system == "imagezmq-reqrep" and stalled:
         procs.append(spawn.Process(target=receiver, args=(system, port, seconds, True, out)))

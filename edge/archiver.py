@@ -29,9 +29,10 @@ import cv2
 import numpy as np
 import zmq
 
-from proad.edge.messages import WireError, as_bytes, decode_header, decode_map
+from proad.edge.messages import WireError, as_bytes, decode_header, decode_map, map_to_float
 from proad.edge.ng_channel import ACK, HELLO, NG
 from proad.edge.security import ClientKeys
+from proad.viz import heatmap
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,160}$")
@@ -131,7 +132,9 @@ class Archiver:
             write_atomic(folder / f"{result_id}.jpg", parts[4], self.fsync)
         buf = _npy_bytes(amap)
         write_atomic(folder / f"{result_id}_map.npy", buf, self.fsync)
-        ok, png = cv2.imencode(".png", heatmap(amap, header.map_dtype, header.map_scale, header.threshold))
+        values = map_to_float(header, amap)
+        vmax = 2.0 * header.threshold if header.threshold > 0 else max(float(values.max()), 1e-6)
+        ok, png = cv2.imencode(".png", heatmap(values, vmax))
         if ok:
             write_atomic(folder / f"{result_id}_map.png", png.tobytes(), self.fsync)
         record = {"received_at": time.time(), "header": header.model_dump(mode="json")}
@@ -147,13 +150,6 @@ class Archiver:
     def close(self) -> None:
         self.receipts.close()
         self.sock.close()
-
-
-def heatmap(amap: np.ndarray, dtype: str, scale: float, threshold: float) -> np.ndarray:
-    values = amap.astype(np.float32) * (scale / 255.0) if dtype == "uint8" else amap.astype(np.float32)
-    vmax = 2.0 * threshold if threshold > 0 else max(float(values.max()), 1e-6)
-    gray = np.clip(values / vmax * 255.0, 0, 255).astype(np.uint8)
-    return cv2.applyColorMap(gray, cv2.COLORMAP_JET)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

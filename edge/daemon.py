@@ -117,34 +117,16 @@ class Daemon:
                 self.spool = Spool(ng.spool_dir, ng.max_records, ng.max_mb, ng.when_full, ng.fsync)
             except SpoolError as exc:
                 raise StartupError(str(exc)) from exc
-            self.ng_channel = NGChannel(ng, self.spool, self.ctx, self.telemetry, self.curve)
-            self._closers.append(self._stop_ng_channel)
+            channel = self.ng_channel = NGChannel(ng, self.spool, self.ctx, self.telemetry, self.curve)
+            self._closers.append(lambda: channel.shutdown(ng.drain_s + 5.0))
         if cfg.status.endpoint:
-            self.status = StatusServer(cfg.status.endpoint, self.ctx, self.telemetry, self.curve)
-            self._closers.append(self._stop_status)
+            status = self.status = StatusServer(cfg.status.endpoint, self.ctx, self.telemetry, self.curve)
+            self._closers.append(lambda: status.shutdown(2.0))
         if cfg.metrics.prometheus_port is not None:
             from proad.edge.metrics import MetricsServer
 
             self.metrics = MetricsServer(self.telemetry, cfg.metrics.prometheus_port, cfg.metrics.address)
             self._closers.append(self.metrics.close)
-
-    def _stop_ng_channel(self) -> None:
-        assert self.ng_channel is not None
-        if self.ng_channel.is_alive():
-            self.ng_channel.stop()
-            self.ng_channel.join(self.ng_channel.cfg.drain_s + 5.0)
-        else:  # never started: its socket is closed by its own thread otherwise
-            self.ng_channel.monitor.close()
-            self.ng_channel.sock.close(0)
-
-    def _stop_status(self) -> None:
-        assert self.status is not None
-        if self.status.is_alive():
-            self.status.stop()
-            self.status.join(2.0)
-        else:
-            self.status.monitor.close()
-            self.status.sock.close(0)
 
     def _close_endpoints(self) -> None:
         while self._closers:

@@ -20,7 +20,6 @@ Anything malformed that arrives is counted (``invalid_messages.ng_channel``) and
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import zmq
@@ -28,7 +27,7 @@ import zmq
 from proad.edge.config import NGChannelConfig
 from proad.edge.messages import as_bytes
 from proad.edge.security import CurveServer
-from proad.edge.sockets import serve
+from proad.edge.sockets import SocketThread, serve
 from proad.edge.spool import Spool
 from proad.edge.telemetry import Telemetry
 
@@ -57,7 +56,7 @@ def parse_archiver_message(parts: list[bytes]) -> tuple[bytes, str | None]:
     raise ProtocolError(f"unexpected message {command[:16]!r} with {len(parts)} part(s)")
 
 
-class NGChannel(threading.Thread):
+class NGChannel(SocketThread):
     def __init__(
         self,
         cfg: NGChannelConfig,
@@ -66,7 +65,7 @@ class NGChannel(threading.Thread):
         telemetry: Telemetry,
         curve: CurveServer | None = None,
     ) -> None:
-        super().__init__(name="ng-delivery", daemon=True)
+        super().__init__("ng-delivery")
         self.cfg, self.spool, self.telemetry = cfg, spool, telemetry
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -77,7 +76,6 @@ class NGChannel(threading.Thread):
         self.monitor, self.endpoint = serve(self.sock, cfg.endpoint, "ng_channel", telemetry, curve)
         self.archivers: dict[bytes, float] = {}  # identity -> last heard (monotonic)
         self.inflight: dict[str, tuple[bytes, float]] = {}  # result_id -> (archiver, sent at)
-        self.stop_event = threading.Event()
         self.drain_until = 0.0
 
     # -- the loop ------------------------------------------------------------------------------
@@ -150,15 +148,14 @@ class NGChannel(threading.Thread):
         room = self.cfg.window - len(self.inflight)
         if room <= 0 or not self.archivers:
             return
+        load = {a: 0 for a in self.archivers}  # records in flight per live archiver
+        for who, _ in self.inflight.values():
+            if who in load:
+                load[who] += 1
         for result_id in self.spool.pending(set(self.inflight), room):
-            if not self.archivers:
+            if not load:
                 return
-            # the archiver with the fewest records in flight
-            load = {a: 0 for a in self.archivers}
-            for who, _ in self.inflight.values():
-                if who in load:
-                    load[who] += 1
-            target = min(load, key=load.__getitem__)
+            target = min(load, key=load.__getitem__)  # the archiver with the fewest records in flight
             record = self.spool.load(result_id)
             if record is None:
                 continue
@@ -169,9 +166,11 @@ class NGChannel(threading.Thread):
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EHOSTUNREACH:
                     self._forget_archiver(target, "unreachable")
+                    del load[target]
                     continue
                 raise
             self.inflight[result_id] = (target, now)
+            load[target] += 1
 
     def _gauges(self) -> None:
         stats = self.spool.stats()
@@ -184,4 +183,4 @@ class NGChannel(threading.Thread):
     def stop(self) -> None:
         """Stop after delivering what an archiver is there to take, for at most ``drain_s``."""
         self.drain_until = time.monotonic() + self.cfg.drain_s
-        self.stop_event.set()
+        super().stop()

@@ -8,6 +8,7 @@ each owner calls :meth:`SocketMonitor.poll` from its own loop.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import TYPE_CHECKING
 
 import zmq
@@ -81,3 +82,28 @@ def serve(
     except Exception:
         monitor.close()
         raise
+
+
+class SocketThread(threading.Thread):
+    """A thread that owns one bound socket and its monitor (ZeroMQ sockets stay in one thread).
+
+    The thread closes both when its loop ends; ``shutdown`` stops a running thread, or closes them
+    itself when the thread never started."""
+
+    sock: zmq.Socket
+    monitor: SocketMonitor
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def shutdown(self, timeout: float) -> None:
+        if self.is_alive():
+            self.stop()
+            self.join(timeout)
+        else:
+            self.monitor.close()
+            self.sock.close(0)

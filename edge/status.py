@@ -9,22 +9,20 @@ other request gets an error answer, never silence (REQ clients would hang).
 from __future__ import annotations
 
 import json
-import threading
 
 import zmq
 
 from proad.edge.security import ClientKeys, CurveServer
-from proad.edge.sockets import serve
+from proad.edge.sockets import SocketThread, serve
 from proad.edge.telemetry import Telemetry
 
 
-class StatusServer(threading.Thread):
+class StatusServer(SocketThread):
     def __init__(
         self, endpoint: str, ctx: zmq.Context, telemetry: Telemetry, curve: CurveServer | None = None
     ) -> None:
-        super().__init__(name="status", daemon=True)
+        super().__init__("status")
         self.telemetry = telemetry
-        self.stop_event = threading.Event()
         self.sock = ctx.socket(zmq.REP)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, 4096)  # a request is one word; anything bigger is dropped
@@ -41,9 +39,6 @@ class StatusServer(threading.Thread):
         finally:
             self.monitor.close()
             self.sock.close(0)
-
-    def stop(self) -> None:
-        self.stop_event.set()
 
 
 def answer(request: bytes, telemetry: Telemetry) -> dict:

@@ -93,11 +93,6 @@ class Telemetry:
         with self.lock:
             self.connections[socket] = max(0, self.connections[socket] + delta)
 
-    @property
-    def subscribers(self) -> int:
-        with self.lock:
-            return self.connections["publish"]
-
     def observe(self, latencies: dict[str, float]) -> None:
         with self.lock:
             for stage, ms in latencies.items():

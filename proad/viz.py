@@ -6,6 +6,12 @@ import cv2
 import numpy as np
 
 
+def heatmap(amap: np.ndarray, vmax: float) -> np.ndarray:
+    """JET colours of ``amap`` from 0 to ``vmax`` (BGR uint8, the map's size)."""
+    norm = np.clip(amap / max(vmax, 1e-8), 0, 1)
+    return cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+
+
 def overlay(
     image: np.ndarray,
     amap: np.ndarray,
@@ -19,8 +25,7 @@ def overlay(
     The same ``vmax`` for every image of a category keeps the colours comparable across images.
     The ground-truth outline is drawn in white, the caption at the top left.
     """
-    norm = np.clip(amap / max(vmax, 1e-8), 0, 1)
-    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = heatmap(amap, vmax)
     if heat.shape[:2] != image.shape[:2]:
         heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
     out = cv2.addWeighted(image, 1 - alpha, heat, alpha, 0)
