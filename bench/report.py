@@ -26,7 +26,9 @@ from common import RESULTS, machine
 
 BENCH = Path(__file__).resolve().parent
 RUNS: dict[str, tuple[str, list[str]]] = {
-    "accuracy": ("proad_vs_patchcore", ["accuracy.py", "--compare-patchcore"]),
+    # Pro-AD trained 2,000 iterations here: on a validation set of another seed that length beat
+    # 1,000 (README, "Against the peers"); 1,000 stays the default to keep training under 15 minutes
+    "accuracy": ("proad_vs_patchcore", ["accuracy.py", "--compare-patchcore", "--iterations", "2000"]),
     "transport": ("transport", ["transport.py"]),
     "pipeline": ("pipeline", ["pipeline.py"]),
     "soak": ("soak", ["soak.py", "--seconds", "120"]),
@@ -106,13 +108,15 @@ def reading(acc: dict | None, tr: dict | None, pipe: dict | None, soak: dict | N
         for key, label in (("image_auroc", "image AUROC"), ("aupro", "AUPRO"), ("pixel_auroc", "pixel AUROC")):
             word = "at least PatchCore's" if a[key] >= b[key] else "behind"
             verdicts.append(f"{label} {a[key]:.4f} vs {b[key]:.4f} ({word})")
-        out.append(f"**Accuracy.** One Pro-AD model for all {n} categories against {n} PatchCore models on the same "
-                   f"encoder: " + "; ".join(verdicts) + ".")
+        its = acc["proad"].get("iterations")
+        trained = f" ({its} training iterations)" if its else ""
+        out.append(f"**Accuracy.** One Pro-AD model{trained} for all {n} categories against {n} PatchCore models on "
+                   f"the same encoder, on `{Path(acc['data']).name}`: " + "; ".join(verdicts) + ".")
         met = a["image_auroc"] >= b["image_auroc"] and a["aupro"] >= b["aupro"]
         out.append("The bar (Pro-AD's mean image AUROC and AUPRO at least PatchCore's) is "
                    + ("met." if met else "**not met**: Pro-AD is behind where the line above says so."))
         for key, label in (("image_auroc", "image AUROC"), ("aupro", "AUPRO")):
-            worse = [f"{c} ({acc['proad']['categories'][c][key]:.3f} vs {acc['patchcore']['categories'][c][key]:.3f})"
+            worse = [f"{c} ({acc['proad']['categories'][c][key]:.4f} vs {acc['patchcore']['categories'][c][key]:.4f})"
                      for c in acc["proad"]["categories"]
                      if acc["proad"]["categories"][c][key] < acc["patchcore"]["categories"][c][key]]  # fmt: skip
             if worse:

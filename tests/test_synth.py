@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from proad.data.folder import MVTecFolder, list_categories
-from proad.data.synth import CATEGORIES, DEFECTS, render, render_clean, write_dataset
+from proad.data.synth import CATEGORIES, DEFECTS, MIN_VISIBLE, render, render_clean, visible_fraction, write_dataset
 
 
 def test_categories_and_defect_kinds() -> None:
@@ -27,6 +27,23 @@ def test_masks_are_exact(category: str) -> None:
         assert not (changed & ~sample.mask).any(), f"{category}/{kind}: pixels changed outside the mask"
         assert sample.mask.sum() >= 30, f"{category}/{kind}: defect too small to matter"
         assert changed[sample.mask].mean() > 0.5, f"{category}/{kind}: mask much larger than the defect"
+
+
+def test_an_invisible_defect_is_drawn_again() -> None:
+    # seed 1, test image 18: the first draw of this dark spot lands on a black chip (about 10 % of its
+    # mask visibly changes); a label no inspector would give, so the generator draws it again
+    sample = render("board", "spot", seed=1, split="test", index=18)
+    clean = render_clean("board", seed=1, split="test", index=18)
+    assert visible_fraction(clean, sample.image, sample.mask) >= MIN_VISIBLE
+    dark = np.full((256, 256, 3), 30, np.uint8)
+    mask = np.zeros((256, 256), bool)
+    mask[:10, :10] = True
+    assert visible_fraction(dark, dark, mask) == 0.0  # what the rule measures: unchanged pixels under a mask
+    for category in CATEGORIES:  # and it holds across a whole test split
+        for kind in set(DEFECTS[category]) - {"missing", "misplaced"}:
+            for i in range(6):
+                s = render(category, kind, seed=1, split="test", index=i)
+                assert visible_fraction(render_clean(category, seed=1, split="test", index=i), s.image, s.mask) >= 0.5
 
 
 def test_rendering_is_deterministic_and_varied() -> None:

@@ -10,7 +10,9 @@ This module renders five categories, each a family of normal images with natural
   pixels and lit slightly differently from image to image.
 
 Defects are drawn *into* a normal image and the mask is the set of pixels the defect may change:
-every pixel outside the mask is bit-identical to the clean image (a test checks this). Kinds:
+every pixel outside the mask is bit-identical to the clean image (a test checks this), and a
+blended defect that would leave most of its mask unchanged (a dark spot on a black chip) is drawn
+again, so no label marks what nobody could see. Kinds:
 ``scratch``, ``spot``, ``hole``, ``stain`` on every category, plus ``missing`` and ``misplaced``
 parts on the board.
 
@@ -319,6 +321,12 @@ def _part_change(
 # ------------------------------------------------------------------------------------------------
 # public API
 
+#: a blended defect (scratch, spot, hole, stain) must visibly change at least this share of its
+#: mask, or it is drawn again (up to ``_MAX_DRAWS`` times, each a pure function of the sample's key
+#: and the attempt)
+MIN_VISIBLE = 0.5
+_MAX_DRAWS = 8
+
 _GENERIC_DEFECTS = {"scratch": _scratch, "spot": _spot, "hole": _hole, "stain": _stain}
 _NORMALS = {"weave": _weave, "marble": _marble, "brick": _brick, "gravel": _gravel, "board": _board}
 CATEGORIES: tuple[str, ...] = tuple(_NORMALS)
@@ -348,12 +356,26 @@ def render(category: str, kind: str = "good", seed: int = 0, split: str = "train
     clean = _NORMALS[category](rng)
     if kind == "good":
         return Sample(clean, np.zeros((SIZE, SIZE), bool), kind)
-    defect_rng = _rng(seed, category, split, index, kind)
-    if kind in ("missing", "misplaced"):
-        img, mask = _part_change(defect_rng, state, kind)
-    else:
-        img, mask = _GENERIC_DEFECTS[kind](clean, defect_rng)
+    if kind in ("missing", "misplaced"):  # the mask is the changed region, filled
+        return Sample(*_part_change(_rng(seed, category, split, index, kind), state, kind), kind)
+    for attempt in range(_MAX_DRAWS):
+        key = (seed, category, split, index, kind) + ((attempt,) if attempt else ())
+        img, mask = _GENERIC_DEFECTS[kind](clean, _rng(*key))
+        if visible_fraction(clean, img, mask) >= MIN_VISIBLE:
+            break
     return Sample(img, mask, kind)
+
+
+def visible_fraction(clean: np.ndarray, defective: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the mask's pixels whose colour the defect visibly changed (any channel by > 10).
+
+    A dark spot blended onto a black chip changes almost nothing, yet its mask would call those
+    pixels defective: a label no inspector would give. :func:`render` draws such a defect again.
+    """
+    if not mask.any():
+        return 0.0
+    diff = np.abs(defective.astype(np.int16) - clean.astype(np.int16)).max(-1)
+    return float((diff[mask] > 10).mean())
 
 
 def render_clean(category: str, seed: int = 0, split: str = "train", index: int = 0) -> np.ndarray:
