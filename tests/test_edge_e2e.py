@@ -137,7 +137,8 @@ class UnpluggedCamera(SyntheticCamera):
 
 
 def test_a_vanished_camera_is_reopened(board_model, backend, caplog: pytest.LogCaptureFixture) -> None:
-    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=25, pool=8)])
+    # deep queues: this test is about reopening, and a loaded machine would drop the oldest frames
+    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=25, pool=8)], queues={"frames_per_camera": 64})
     source = UnpluggedCamera(cfg.cameras[0].source)
     daemon = Daemon(cfg, backend=backend, sources={"cam0": source})
     (results,) = run_to_end(daemon, [connect(daemon)])
@@ -148,8 +149,10 @@ def test_a_vanished_camera_is_reopened(board_model, backend, caplog: pytest.LogC
 
 
 def test_slow_subscriber_slows_nobody(board_model, backend) -> None:
+    # deep frame queue: a loaded machine must not drop frames for its own slowness here; whether the
+    # daemon kept the camera's pace is the elapsed-time bound below
     cfg = config(board_model[1], [camera("cam0", fps=60, max_frames=120, pool=8)],
-                 publish={"endpoint": "tcp://127.0.0.1:*", "hwm": 10})
+                 publish={"endpoint": "tcp://127.0.0.1:*", "hwm": 10}, queues={"frames_per_camera": 128})
     daemon = Daemon(cfg, backend=backend)
     fast = connect(daemon)
     slow_ctx = zmq.Context()
