@@ -129,7 +129,7 @@ def compare_patchcore(data: Path, checkpoint: Path | None, iterations: int, core
         trained_iterations = info.get("train_config", {}).get("iterations")
         model = build_model(ckpt)
         print("evaluating Pro-AD", flush=True)
-        proad = evaluate(model, folders, ckpt.threshold, ckpt.train_info.get("category_thresholds"), progress=False)
+        proad = evaluate(model, folders, ckpt.threshold, info.get("category_thresholds"), progress=False)
         pc_cats: dict[str, Any] = {}
         pc_bytes = 0
         for folder in folders:
@@ -242,9 +242,10 @@ def main() -> int:
 
     path = RESULTS / "accuracy.json"
     data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    if data.get("iterations") != args.iterations or data.get("data") != [str(r) for r in roots]:
+    root_names = [str(r) for r in roots]
+    if data.get("iterations") != args.iterations or data.get("data") != root_names:
         data = {}  # variants measured on other data or for another length are not comparable
-    data.update(iterations=args.iterations, machine=machine(), data=[str(r) for r in roots])
+    data.update(iterations=args.iterations, machine=machine(), data=root_names)
     data.setdefault("variants", {})
     folders = open_categories(roots, None, 256)
     for name in args.variants:
