@@ -110,16 +110,19 @@ def table(data: dict[str, Any]) -> str:
 COMPARE_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 
 
-def compare_patchcore(data: Path, checkpoint: Path | None, iterations: int, coreset_ratio: float) -> dict[str, Any]:
+def compare_patchcore(
+    data: Path, checkpoint: Path | None, iterations: int, coreset_ratio: float, shift_copies: int = 0
+) -> dict[str, Any]:
     """Pro-AD (one model) vs PatchCore (one per category) on every category of ``data``."""
     folders = open_categories([data], None, 256)
     with tempfile.TemporaryDirectory() as tmp:
         train_s = None
         if checkpoint is None:
-            print(f"training Pro-AD on {data} ({iterations} iterations)", flush=True)
+            print(f"training Pro-AD on {data} ({iterations} iterations, {shift_copies} shifted copies)", flush=True)
             t0 = time.perf_counter()
             checkpoint = Path(tmp) / "proad.pt"
-            train([data], checkpoint, ModelConfig(), TrainConfig(iterations=iterations), log=lambda s: None)
+            cfg = TrainConfig(iterations=iterations, shift_copies=shift_copies)
+            train([data], checkpoint, ModelConfig(), cfg, log=lambda s: None)
             train_s = time.perf_counter() - t0
         ckpt = load_checkpoint(checkpoint)
         proad_bytes = checkpoint.stat().st_size
@@ -127,6 +130,7 @@ def compare_patchcore(data: Path, checkpoint: Path | None, iterations: int, core
         if train_s is None and "train_seconds" in info:  # a given checkpoint: what its own training took
             train_s = float(info["train_seconds"]) + float(info.get("encode_seconds", 0.0))
         trained_iterations = info.get("train_config", {}).get("iterations")
+        trained_shifts = info.get("train_config", {}).get("shift_copies", 0)
         model = build_model(ckpt)
         print("evaluating Pro-AD", flush=True)
         proad = evaluate(model, folders, ckpt.threshold, info.get("category_thresholds"), progress=False)
@@ -149,7 +153,8 @@ def compare_patchcore(data: Path, checkpoint: Path | None, iterations: int, core
     return {
         "data": str(data),
         "proad": {"checkpoint": str(checkpoint), "train_seconds": train_s, "iterations": trained_iterations,
-                  "bytes": proad_bytes, "models": 1, "categories": proad["categories"], "mean": proad["mean"]},
+                  "shift_copies": trained_shifts, "bytes": proad_bytes, "models": 1,
+                  "categories": proad["categories"], "mean": proad["mean"]},
         "patchcore": {"coreset_ratio": coreset_ratio, "bytes": pc_bytes, "models": len(pc_cats),
                       "fit_seconds": sum(r["fit_seconds"] for r in pc_cats.values()),
                       "categories": pc_cats, "mean": pc_mean},
@@ -161,8 +166,10 @@ def _seconds(value: float | None) -> str:
 
 
 def _training(pro: dict[str, Any]) -> str:
-    its = pro.get("iterations")
-    return f"{its} iterations, {_seconds(pro.get('train_seconds'))}" if its else _seconds(pro.get("train_seconds"))
+    its, shifts = pro.get("iterations"), pro.get("shift_copies")
+    copies = f" ({shifts} shifted copies of each image)" if shifts else ""
+    seconds = _seconds(pro.get("train_seconds"))
+    return f"{its} iterations{copies}, {seconds}" if its else seconds
 
 
 def _test_split(pro: dict[str, Any]) -> str:
@@ -223,13 +230,16 @@ def main() -> int:
     p.add_argument("--compare-patchcore", action="store_true", help="Pro-AD vs PatchCore instead of the ablation")
     p.add_argument("--proad-checkpoint", type=Path, help="--compare-patchcore: use this Pro-AD model (else train)")
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="--compare-patchcore: PatchCore coreset share")
+    p.add_argument("--shift-copies", type=int, default=0, help="--compare-patchcore: Pro-AD's translated copies")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     if not (args.data / "board").is_dir():
         write_dataset(args.data, **BENCH_SET)
     if args.compare_patchcore:
-        result = compare_patchcore(args.data, args.proad_checkpoint, args.iterations, args.coreset_ratio)
+        result = compare_patchcore(
+            args.data, args.proad_checkpoint, args.iterations, args.coreset_ratio, args.shift_copies
+        )
         data = {"machine": machine(), **result}
         write_results("proad_vs_patchcore", data, compare_table(data))
         return 0

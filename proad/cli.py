@@ -125,6 +125,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int, help="seed (batches, dropout, hold-out split)")
     p.add_argument("--checkpoint-every", type=int, help="iterations between resumable snapshots")
+    p.add_argument("--shift-copies", type=int, help="translated copies of each training image (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
     return p
 
@@ -141,7 +142,7 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read --model-config {args.model_config}: {exc}") from exc
     model_fields.update(_parse_sets(args.set))
     model_cfg = ModelConfig.model_validate(model_fields)
-    names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every")
+    names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every", "shift_copies")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     train_cfg = TrainConfig.model_validate(given)
     train(args.data, args.out, model_cfg, train_cfg, args.categories, resume=args.resume, progress=not args.quiet)

@@ -120,6 +120,10 @@ class TrainConfig(_Strict):
         3.0, ge=0, description="at least mean + sigma * std of them (few held-out images show no tail)"
     )
     checkpoint_every: int = Field(250, ge=1, description="iterations between resumable snapshots")
+    shift_copies: int = Field(
+        0, ge=0, le=8, description="extra copies of each fitted image, translated by up to shift_pixels"
+    )
+    shift_pixels: int = Field(4, ge=1, le=32, description="largest translation of a shifted copy, pixels")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
 

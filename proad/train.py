@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -84,6 +85,23 @@ def encode(
         x = torch.from_numpy(np.stack(images[start : start + batch]))
         chunks.append([f.half() for f in model.features(x)])
     return [torch.cat(level) for level in zip(*chunks, strict=True)]
+
+
+def shifted_copies(images: Sequence[np.ndarray], copies: int, pixels: int, seed: int) -> list[np.ndarray]:
+    """``copies`` translations of every image by up to ``pixels`` in x and y (edges mirrored).
+
+    A part on a line never sits twice at the same place; a few hundred training images cover the
+    jitter of its placement only sparsely, so a rare placement can read as an anomaly. Translated copies
+    fill that in at the cost of encoding them once.
+    """
+    rng = np.random.default_rng([seed, 0x5A1F7])
+    out = []
+    for img in images:
+        for _ in range(copies):
+            dx, dy = (float(v) for v in rng.integers(-pixels, pixels + 1, 2))
+            m = np.float32([[1, 0, dx], [0, 1, dy]])
+            out.append(cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), borderMode=cv2.BORDER_REFLECT_101))
+    return out
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -161,9 +179,12 @@ def train(
     for s in tqdm(splits, desc="encode categories", unit="cat", disable=not progress):
         name = s.folder.category
         imgs = [s.folder.image(s.folder.train[i]) for i in s.fit + s.holdout]
+        if train_cfg.shift_copies:
+            imgs += shifted_copies(imgs[: len(s.fit)], train_cfg.shift_copies, train_cfg.shift_pixels, train_cfg.seed)
         feats = encode(model, imgs, desc=name, progress=progress)
-        fit_feats.append([f[: len(s.fit)] for f in feats])
-        holdout_feats[name] = [f[len(s.fit) :] for f in feats]
+        n_fit, n_all = len(s.fit), len(s.fit) + len(s.holdout)
+        fit_feats.append([torch.cat([f[:n_fit], f[n_all:]]) for f in feats])
+        holdout_feats[name] = [f[n_fit:n_all] for f in feats]
     cache = [torch.cat(level) for level in zip(*fit_feats, strict=True)]
     n_fit = cache[0].shape[0]
     t_encode = time.perf_counter() - t0
@@ -271,9 +292,10 @@ def _load_resume(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> 
         raise CheckpointError(f"{path}: snapshot was taken with another model config; delete it to start over")
     saved = dict(state.get("train_config") or {})
     now = train_cfg.model_dump(mode="json")
-    for key in ("batch_size", "seed", "lr", "warmup", "iterations", "holdout_fraction"):
-        if saved.get(key) != now.get(key):
+    for key in ("batch_size", "seed", "lr", "warmup", "iterations", "holdout_fraction", "shift_copies", "shift_pixels"):
+        then = saved.get(key, TrainConfig.model_fields[key].default)  # older snapshots lack newer fields
+        if then != now.get(key):
             raise CheckpointError(
-                f"{path}: snapshot used {key}={saved.get(key)!r}, now {now.get(key)!r}; delete it to start over"
+                f"{path}: snapshot used {key}={then!r}, now {now.get(key)!r}; delete it to start over"
             )
     return state

@@ -15,7 +15,7 @@ from proad.checkpoint import CheckpointError, build_model, load_checkpoint
 from proad.cli import eval_main, synth_main, train_main
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import DatasetError
-from proad.train import calibrate, encode, open_categories, score_cached, split_holdout, train
+from proad.train import calibrate, encode, open_categories, score_cached, shifted_copies, split_holdout, train
 
 
 def test_train_calibrates_on_held_out_normals(tiny_data: Path, tmp_path: Path, small_cfg: ModelConfig) -> None:
@@ -67,6 +67,34 @@ def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path, small_cfg: Mo
     with pytest.raises(CheckpointError, match="another model config"):
         torch.save({"format": "proad-train-state", "model_config": {}}, tmp_path / "c.pt.resume")
         train([tiny_data], tmp_path / "c.pt", small_cfg, cfg, resume=True, progress=False, log=lambda s: None)
+
+
+def test_shifted_copies_translate_within_bounds() -> None:
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[30, 40] = (10, 200, 30)  # one marked pixel far from the border: where it lands is the shift
+    copies = shifted_copies([img, img], copies=5, pixels=3, seed=0)
+    assert len(copies) == 10 and all(c.shape == img.shape and c.dtype == np.uint8 for c in copies)
+    shifts = set()
+    for c in copies:
+        ys, xs = np.nonzero(c[..., 1] == 200)
+        assert len(ys) == 1 and tuple(c[ys[0], xs[0]]) == (10, 200, 30) and c.sum() == img.sum()
+        dy, dx = int(ys[0]) - 30, int(xs[0]) - 40
+        assert max(abs(dx), abs(dy)) <= 3
+        shifts.add((dx, dy))
+    assert len(shifts) > 1  # not one translation for all
+    again = shifted_copies([img, img], copies=5, pixels=3, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(copies, again, strict=True))  # reproducible per seed
+
+
+def test_shift_copies_add_fitted_images_not_held_out_ones(
+    tiny_data: Path, tmp_path: Path, small_cfg: ModelConfig
+) -> None:
+    cfg = TrainConfig(iterations=2, batch_size=4, warmup=1, holdout_fraction=0.25, shift_copies=2)
+    messages: list[str] = []
+    ckpt = train([tiny_data], tmp_path / "m.pt", small_cfg, cfg, progress=False, log=messages.append)
+    assert any("features of 54 training images" in m for m in messages)  # (1 + 2) x 9 fitted, x 2 categories
+    assert ckpt.train_info["categories"]["board"] == {"fit": 9, "holdout": 3}  # the threshold's images untouched
+    assert ckpt.train_info["train_config"]["shift_copies"] == 2
 
 
 def test_categories_must_exist_and_be_unique(tiny_data: Path) -> None:
