@@ -129,8 +129,8 @@ def compare_patchcore(
         info = ckpt.train_info
         if train_s is None and "train_seconds" in info:  # a given checkpoint: what its own training took
             train_s = float(info["train_seconds"]) + float(info.get("encode_seconds", 0.0))
-        trained_iterations = info.get("train_config", {}).get("iterations")
-        trained_shifts = info.get("train_config", {}).get("shift_copies", 0)
+        trained = info.get("train_config", {})
+        trained_iterations, trained_shifts = trained.get("iterations"), trained.get("shift_copies", 0)
         model = build_model(ckpt)
         print("evaluating Pro-AD", flush=True)
         proad = evaluate(model, folders, ckpt.threshold, info.get("category_thresholds"), progress=False)

@@ -122,10 +122,11 @@ def reading(acc: dict | None, tr: dict | None, pipe: dict | None, soak: dict | N
         out.append("The bar (Pro-AD's mean image AUROC and AUPRO at least PatchCore's) is "
                    + ("met in this run." if met else "**not met**: Pro-AD is behind where the line above says so."))
         # image AUROC counts ordered good/defective pairs: say how many pairs the difference is
-        pairs = sum((c["image_auroc"] - acc["patchcore"]["categories"][name]["image_auroc"])
-                    * (c["images"] - c["defective"]) * c["defective"]
-                    for name, c in acc["proad"]["categories"].items())  # fmt: skip
-        total = sum((c["images"] - c["defective"]) * c["defective"] for c in acc["proad"]["categories"].values())
+        cats = acc["proad"]["categories"]
+        pairs_in = {name: (c["images"] - c["defective"]) * c["defective"] for name, c in cats.items()}
+        pairs = sum((c["image_auroc"] - acc["patchcore"]["categories"][name]["image_auroc"]) * pairs_in[name]
+                    for name, c in cats.items())  # fmt: skip
+        total = sum(pairs_in.values())
         side = "Pro-AD's" if pairs >= 0 else "PatchCore's"
         out.append(f"The image-AUROC difference is {abs(round(pairs))} of {total:,} good/defective pairs, in {side} "
                    "favour, from one training run (one seed): a margin this small is within what another seed "

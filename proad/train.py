@@ -182,9 +182,10 @@ def train(
         if train_cfg.shift_copies:
             imgs += shifted_copies(imgs[: len(s.fit)], train_cfg.shift_copies, train_cfg.shift_pixels, train_cfg.seed)
         feats = encode(model, imgs, desc=name, progress=progress)
-        n_fit, n_all = len(s.fit), len(s.fit) + len(s.holdout)
-        fit_feats.append([torch.cat([f[:n_fit], f[n_all:]]) for f in feats])
-        holdout_feats[name] = [f[n_fit:n_all] for f in feats]
+        # rows: fitted images, held-out images, then the fitted images' shifted copies
+        fit_end, holdout_end = len(s.fit), len(s.fit) + len(s.holdout)
+        fit_feats.append([torch.cat([f[:fit_end], f[holdout_end:]]) for f in feats])
+        holdout_feats[name] = [f[fit_end:holdout_end] for f in feats]
     cache = [torch.cat(level) for level in zip(*fit_feats, strict=True)]
     n_fit = cache[0].shape[0]
     t_encode = time.perf_counter() - t0

@@ -131,6 +131,8 @@ def test_cli_bad_input_exit_codes(tmp_path: Path, tiny_data: Path, capsys: pytes
     assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "m.pt"), "--model-config",
                        str(tmp_path / "cfg.yaml")]) == 2
     assert "cannot read --model-config" in capsys.readouterr().err
+    assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "m.pt"), "--shift-copies", "-1"]) == 2
+    assert "shift_copies" in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
     assert synth_main(["--out", str(tmp_path / "s"), "--categories", "carpet"]) == 2
     with pytest.raises(SystemExit) as exc:
         train_main(["--help"])
