@@ -28,10 +28,11 @@ BENCH = Path(__file__).resolve().parent
 RUNS: dict[str, tuple[str, list[str]]] = {
     # Pro-AD trained 2,000 iterations with 2 shifted copies of each image here: on a validation set
     # of another seed that recipe beat 1,000 iterations and no copies (README, "Against the peers");
-    # the defaults stay 1,000 and none, to keep training under 15 minutes and as DESIGN §2 has it
+    # the defaults stay 1,000 and none, to keep training under 15 minutes and as DESIGN §2 has it.
+    # Two training seeds, because one seed's margin over PatchCore is a few pairs either way.
     "accuracy": (
         "proad_vs_patchcore",
-        ["accuracy.py", "--compare-patchcore", "--iterations", "2000", "--shift-copies", "2"],
+        ["accuracy.py", "--compare-patchcore", "--iterations", "2000", "--shift-copies", "2", "--seeds", "0", "1"],
     ),
     "transport": ("transport", ["transport.py"]),
     "pipeline": ("pipeline", ["pipeline.py"]),
@@ -118,23 +119,30 @@ def reading(acc: dict | None, tr: dict | None, pipe: dict | None, soak: dict | N
         trained = f" ({its} training iterations{copies})" if its else ""
         out.append(f"**Accuracy.** One Pro-AD model{trained} for all {n} categories against {n} PatchCore models on "
                    f"the same encoder, on `{Path(acc['data']).name}`: " + "; ".join(verdicts) + ".")
+        runs = acc["proad"].get("runs") or [acc["proad"]]
+        seeds = f"the mean of {len(runs)} training seeds" if len(runs) > 1 else "one training seed"
         met = a["image_auroc"] >= b["image_auroc"] and a["aupro"] >= b["aupro"]
-        out.append("The bar (Pro-AD's mean image AUROC and AUPRO at least PatchCore's) is "
-                   + ("met in this run." if met else "**not met**: Pro-AD is behind where the line above says so."))
+        each = [r for r in runs if r["mean"]["image_auroc"] >= b["image_auroc"] and r["mean"]["aupro"] >= b["aupro"]]
+        verdict = "met" if met else "**not met**: Pro-AD is behind where the line above says so"
+        alone = f"; {len(each)} of {len(runs)} seeds meet it on their own" if len(runs) > 1 else ""
+        bar = "Pro-AD's mean image AUROC and AUPRO at least PatchCore's"
+        out.append(f"The bar ({bar}) is {verdict}, on {seeds}{alone}.")
         # image AUROC counts ordered good/defective pairs: say how many pairs the difference is
+        pc_cats = acc["patchcore"]["categories"]
         cats = acc["proad"]["categories"]
         pairs_in = {name: (c["images"] - c["defective"]) * c["defective"] for name, c in cats.items()}
-        pairs = sum((c["image_auroc"] - acc["patchcore"]["categories"][name]["image_auroc"]) * pairs_in[name]
-                    for name, c in cats.items())  # fmt: skip
         total = sum(pairs_in.values())
-        side = "Pro-AD's" if pairs >= 0 else "PatchCore's"
-        out.append(f"The image-AUROC difference is {abs(round(pairs))} of {total:,} good/defective pairs, in {side} "
-                   "favour, from one training run (one seed): a margin this small is within what another seed "
-                   "changes (README, \"Against the peers\").")
-        for key, label in (("image_auroc", "image AUROC"), ("aupro", "AUPRO")):
-            worse = [f"{c} ({acc['proad']['categories'][c][key]:.4f} vs {acc['patchcore']['categories'][c][key]:.4f})"
-                     for c in acc["proad"]["categories"]
-                     if acc["proad"]["categories"][c][key] < acc["patchcore"]["categories"][c][key]]  # fmt: skip
+        diffs = []
+        for r in runs:
+            pairs = sum((c["image_auroc"] - pc_cats[name]["image_auroc"]) * pairs_in[name]
+                        for name, c in r["categories"].items())  # fmt: skip
+            label = f"seed {r['seed']}: " if len(runs) > 1 else ""
+            diffs.append(f"{label}{abs(round(pairs))} in {'Pro-AD' if pairs >= 0 else 'PatchCore'}'s favour")
+        out.append(f"Counted in good/defective pairs (of {total:,}), the image-AUROC difference is "
+                   + "; ".join(diffs) + ".")
+        for key, label, digits in (("image_auroc", "image AUROC", 5), ("aupro", "AUPRO", 4)):
+            worse = [f"{c} ({cats[c][key]:.{digits}f} vs {pc_cats[c][key]:.{digits}f})"
+                     for c in cats if cats[c][key] < pc_cats[c][key]]  # fmt: skip
             if worse:
                 out.append(f"Categories where PatchCore's {label} is higher: {', '.join(worse)}.")
         out.append(f"Pro-AD costs {a['ms_per_image']:.0f} ms per image against PatchCore's "
