@@ -5,7 +5,7 @@ Runs the benchmarks that apply on this machine, each writing its own JSON under
 reading, and two plots (``report_auroc.png``: per-category image AUROC and AUPRO, Pro-AD vs
 PatchCore; ``report_latency_cdf.png``: latency CDF of each transport at the camera's rate).
 
-    python bench/report.py                 # run everything that applies here (about 25 min on 2 cores)
+    python bench/report.py                 # run everything that applies here (about an hour on 2 cores)
     python bench/report.py --reuse         # only rebuild REPORT.md and the plots from the JSON files
     python bench/report.py --only transport pipeline
 
@@ -66,7 +66,8 @@ def plot_accuracy(data: dict[str, Any], out: Path) -> None:
         x = np.arange(len(cats) + 1)
         pro = [data["proad"]["categories"][c][key] for c in cats] + [data["proad"]["mean"][key]]
         pc = [data["patchcore"]["categories"][c][key] for c in cats] + [data["patchcore"]["mean"][key]]
-        ax.bar(x - 0.2, pro, 0.4, label="Pro-AD (1 model)")
+        seeds = len(data["proad"].get("runs", [])) or 1
+        ax.bar(x - 0.2, pro, 0.4, label="Pro-AD (1 model" + (f", mean of {seeds} seeds)" if seeds > 1 else ")"))
         ax.bar(x + 0.2, pc, 0.4, label=f"PatchCore ({len(cats)} models)")
         ax.set_xticks(x, [*cats, "mean"])
         low = min(min(pro), min(pc))
