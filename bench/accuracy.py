@@ -42,10 +42,12 @@ from common import DEFAULT_REAL, RESULTS, machine, write_results
 sys.path.insert(0, str(Path(__file__).resolve().parent / "baselines"))
 from patchcore import PatchCore
 
-from proad.checkpoint import build_model, load_checkpoint
+from proad.checkpoint import CheckpointError, build_model, load_checkpoint
 from proad.config import ModelConfig, TrainConfig
+from proad.data.folder import DatasetError
 from proad.data.synth import write_dataset
 from proad.evaluate import evaluate, evaluate_category
+from proad.model import ProAD
 from proad.train import open_categories, train
 
 #: The generated set the benchmarks rank methods on: proad-synth's training split and a test split
@@ -117,8 +119,8 @@ def table(data: dict[str, Any]) -> str:
 COMPARE_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 
 
-def _proad_run(checkpoint: Path, folders: list, train_s: float | None) -> dict[str, Any]:
-    """One Pro-AD model's metrics on every category, with how it was trained."""
+def _proad_run(checkpoint: Path, folders: list, train_s: float | None) -> tuple[dict[str, Any], ProAD]:
+    """One Pro-AD model's metrics on every category, with how it was trained; and the model."""
     ckpt = load_checkpoint(checkpoint)
     info = ckpt.train_info
     if train_s is None and "train_seconds" in info:  # a given checkpoint: what its own training took
@@ -129,18 +131,26 @@ def _proad_run(checkpoint: Path, folders: list, train_s: float | None) -> dict[s
     result = evaluate(model, folders, ckpt.threshold, info.get("category_thresholds"), progress=False)
     return {"checkpoint": str(checkpoint), "seed": trained.get("seed"), "train_seconds": train_s,
             "iterations": trained.get("iterations"), "shift_copies": trained.get("shift_copies", 0),
-            "bytes": checkpoint.stat().st_size, "categories": result["categories"], "mean": result["mean"],
-            "model": model}  # fmt: skip
+            "bytes": checkpoint.stat().st_size, "categories": result["categories"],
+            "mean": result["mean"]}, model  # fmt: skip
 
 
 def _mean_over_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
-    """Per-category and overall metrics averaged over the training seeds (counts kept as they are)."""
-    cats: dict[str, Any] = {}
-    for name, first in runs[0]["categories"].items():
-        cats[name] = {k: (float(np.mean([r["categories"][name][k] for r in runs])) if isinstance(v, float) else v)
-                      for k, v in first.items()}  # fmt: skip
-    mean = {k: float(np.mean([r["mean"][k] for r in runs])) for k in runs[0]["mean"]}
-    return cats, mean
+    """Per-category and overall values averaged over the training seeds.
+
+    A value every run shares (the test split's image counts) is kept as it is; any that differs
+    (metrics, and per-seed counts such as the misses at the threshold) is averaged.
+    """
+
+    def merged(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out = {}
+        for k, v in rows[0].items():
+            values = [row[k] for row in rows]
+            out[k] = v if all(x == v for x in values) else float(np.mean(values))
+        return out
+
+    cats = {name: merged([r["categories"][name] for r in runs]) for name in runs[0]["categories"]}
+    return cats, merged([r["mean"] for r in runs])
 
 
 def compare_patchcore(
@@ -159,10 +169,10 @@ def compare_patchcore(
     the coreset choice; nothing is trained).
     """
     folders = open_categories([data], None, 256)
-    runs: list[dict[str, Any]] = []
+    measured: list[tuple[dict[str, Any], ProAD]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoints:
-            runs = [_proad_run(path, folders, None) for path in checkpoints]
+            measured = [_proad_run(path, folders, None) for path in checkpoints]
         else:
             for seed in seeds:
                 what = f"seed {seed}, {iterations} iterations, {shift_copies} shifted copies"
@@ -171,13 +181,14 @@ def compare_patchcore(
                 path = Path(tmp) / f"proad_seed{seed}.pt"
                 cfg = TrainConfig(iterations=iterations, shift_copies=shift_copies, seed=seed)
                 train([data], path, ModelConfig(), cfg, log=lambda s: None)
-                runs.append(_proad_run(path, folders, time.perf_counter() - t0))
-        encoder, model_cfg = runs[0]["model"].encoder, runs[0]["model"].cfg
+                measured.append(_proad_run(path, folders, time.perf_counter() - t0))
+        runs = [run for run, _ in measured]
+        model = measured[0][1]  # every run has the same frozen encoder: PatchCore uses it too
         pc_cats: dict[str, Any] = {}
         pc_bytes = 0
         for folder in folders:
             t0 = time.perf_counter()
-            pc = PatchCore(model_cfg, coreset_ratio=coreset_ratio, encoder=encoder)
+            pc = PatchCore(model.cfg, coreset_ratio=coreset_ratio, encoder=model.encoder)
             pc.fit([folder.load(item)[0] for item in folder.train])
             fit_s = time.perf_counter() - t0
             path = Path(tmp) / f"patchcore_{folder.category}.pt"
@@ -188,8 +199,6 @@ def compare_patchcore(
             pc_cats[folder.category] = result
             print(f"PatchCore {folder.category}: " + ", ".join(f"{k} {result[k]:.3f}" for k in COMPARE_KEYS)
                   + f" (fit {fit_s:.0f} s, bank {tuple(pc.bank.shape)})", flush=True)
-    for run in runs:
-        del run["model"]
     cats, mean = _mean_over_runs(runs)
     pc_mean = {k: float(np.mean([r[k] for r in pc_cats.values()])) for k in (*COMPARE_KEYS, "ms_per_image")}
     first = runs[0]
@@ -269,13 +278,10 @@ def compare_table(data: dict[str, Any]) -> str:
     if len(pro.get("runs", [])) > 1:
         lines += ["", "| Pro-AD training seed | img AUROC | AUPRO | px AUROC | img AUROC per category |",
                   "|---|---:|---:|---:|---|"]
-        for run in pro["runs"]:
-            per = ", ".join(f"{c} {r['image_auroc']:.5f}" for c, r in run["categories"].items())
-            lines.append(f"| {run['seed']} | {run['mean']['image_auroc']:.5f} | {run['mean']['aupro']:.4f} | "
-                         f"{run['mean']['pixel_auroc']:.4f} | {per} |")
-        lines.append(f"| PatchCore | {pc['mean']['image_auroc']:.5f} | {pc['mean']['aupro']:.4f} | "
-                     f"{pc['mean']['pixel_auroc']:.4f} | "
-                     + ", ".join(f"{c} {r['image_auroc']:.5f}" for c, r in pc["categories"].items()) + " |")
+        for label, row in [*((run["seed"], run) for run in pro["runs"]), ("PatchCore", pc)]:
+            m = row["mean"]
+            per = ", ".join(f"{c} {r['image_auroc']:.5f}" for c, r in row["categories"].items())
+            lines.append(f"| {label} | {m['image_auroc']:.5f} | {m['aupro']:.4f} | {m['pixel_auroc']:.4f} | {per} |")
     return "\n".join(lines)
 
 
@@ -306,9 +312,13 @@ def main() -> int:
         if not (args.data / "board").is_dir():
             write_dataset(args.data, **(COMPARE_SET if args.compare_patchcore else BENCH_SET))
     if args.compare_patchcore:
-        result = compare_patchcore(
-            args.data, args.proad_checkpoint, args.seeds, args.iterations, args.coreset_ratio, args.shift_copies
-        )
+        try:
+            result = compare_patchcore(
+                args.data, args.proad_checkpoint, args.seeds, args.iterations, args.coreset_ratio, args.shift_copies
+            )
+        except (DatasetError, CheckpointError) as exc:  # a wrong --data or --proad-checkpoint: say which, exit 2
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         data = {"machine": machine(), **result}
         write_results("proad_vs_patchcore", data, compare_table(data))
         return 0

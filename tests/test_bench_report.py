@@ -9,7 +9,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
-from accuracy import _mean_over_runs  # noqa: E402
+from accuracy import _mean_over_runs, main  # noqa: E402
 from report import reading  # noqa: E402
 
 
@@ -29,6 +29,9 @@ def test_mean_over_runs_averages_metrics_and_keeps_counts() -> None:
     cats, mean = _mean_over_runs(runs)
     assert cats["board"]["image_auroc"] == pytest.approx((23 / 24 + 1.0) / 2)
     assert cats["board"]["images"] == 10 and cats["board"]["defective"] == 6  # counts, not averaged
+    runs[1]["categories"]["board"]["missed_at_threshold"] = 3  # a per-seed count differs: its mean
+    runs[0]["categories"]["board"]["missed_at_threshold"] = 0
+    assert _mean_over_runs(runs)[0]["board"]["missed_at_threshold"] == pytest.approx(1.5)
     assert mean["aupro"] == pytest.approx(0.97)
 
 
@@ -59,3 +62,14 @@ def test_reading_judges_the_seed_mean_and_counts_each_seeds_pairs() -> None:
     text = "\n".join(reading(acc, None, None, None))
     assert "**not met**" in text and "1 of 2 seeds meet it on their own" in text
     assert "seed 0: 1 in PatchCore's favour; seed 1: 0 in Pro-AD's favour" in text
+
+
+def test_compare_refuses_a_missing_dataset_or_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    missing = tmp_path / "nowhere"
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--compare-patchcore", "--data", str(missing)])
+    assert main() == 2
+    assert str(missing) in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--compare-patchcore", "--data", str(tiny_data),
+                                      "--proad-checkpoint", str(tmp_path / "absent.pt")])  # fmt: skip
+    assert main() == 2
+    assert "absent.pt" in capsys.readouterr().err
