@@ -9,7 +9,7 @@ DEMO   := demo
 # stubs: test oracles only, installed apart so that `import tensorrt` keeps meaning "the real one".
 ORACLE := $(VENV)/trt-oracle
 
-.PHONY: test demo venv clean-demo
+.PHONY: test demo venv clean-demo stress
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+## make stress: make test on a fresh clone, 5 times as the machine is and 3 times with every core kept busy
+stress: $(STAMP)
+	$(PY) bench/suite_stress.py
 
 ## make demo: the demo model (trained on generated data the first time, ~3 min on 2 cores) exported to
 ## ONNX, the daemon on a synthetic camera, and a live subscriber printing OK/NG results, then a summary

@@ -146,7 +146,13 @@ class StatusConfig(_Strict):
 
 
 class QueueConfig(_Strict):
-    frames_per_camera: int = Field(2, ge=1, le=1000, description="frames waiting per camera; the oldest is dropped")
+    frames_per_camera: int = Field(2, ge=1, le=1000, description="frames waiting per camera")
+    when_full: Literal["drop_oldest", "wait"] = Field(
+        "drop_oldest",
+        description="drop_oldest: a live line wants the newest picture, the oldest waiting frame is dropped and "
+                    "counted; wait: the camera's reader waits for room, nothing is dropped (files, folders, "
+                    "replays and tests that count every frame; a live camera then loses frames in its driver)",
+    )  # fmt: skip
     results: int = Field(64, ge=1, le=100000, description="inferred frames waiting to be published")
 
 

@@ -4,8 +4,9 @@ Threads joined by bounded queues, data flowing one way:
 
 - one **capture** thread per camera reads its source, preprocesses each frame (a corrupt one is
   counted and skipped) and puts it in the camera's frame queue; when the queue is full the oldest
-  waiting frame is dropped and counted, so frames never pile up. A camera that fails is reopened
-  with exponential backoff, and each reopen is counted and logged;
+  waiting frame is dropped and counted, so frames never pile up (``queues.when_full: wait`` makes
+  the capture thread wait for room instead: nothing dropped, for files and replays). A camera that
+  fails is reopened with exponential backoff, and each reopen is counted and logged;
 - one **inference** thread takes up to ``max_batch`` frames across cameras and runs the backend
   (the heavy work releases the GIL);
 - one **output** thread thresholds, encodes and publishes each result in order, giving each camera
@@ -78,7 +79,8 @@ class Daemon:
                                     "path": info.path, "run_id": self.run_id})  # fmt: skip
         self.thresholds = {c.id: self._threshold(c) for c in cfg.cameras}
         self.map_shape = (info.image_size, info.image_size)
-        self.frames = FrameQueues([c.id for c in cfg.cameras], cfg.queues.frames_per_camera)
+        self.frames = FrameQueues([c.id for c in cfg.cameras], cfg.queues.frames_per_camera,
+                                  wait=cfg.queues.when_full == "wait")
         self.results: queue.Queue = queue.Queue(cfg.queues.results)
         self.windows = InspectionWindows(cfg.failsafe.window_ms)
         self.own_ctx = ctx is None
@@ -318,6 +320,7 @@ class Daemon:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the cameras, finish and publish every queued frame, close the sockets."""
         self.stopping.set()
+        self.frames.release()  # a camera waiting for room (when_full: wait) queues its accepted frame and ends
         deadline = time.monotonic() + timeout
         if self.started:
             for t in self.capture_threads:

@@ -37,10 +37,14 @@ def camera(cam_id: str, **source: object) -> dict:
     return {"id": cam_id, "reconnect_initial_s": 0.01, "source": {"kind": "synthetic", "category": "board", **source}}
 
 
+LOSSLESS = {"when_full": "wait"}  # the camera waits for room: tests that count every frame drop none
+
+
 def connect(daemon: Daemon, **kw: object) -> Subscriber:
-    """A subscriber whose subscription has reached the daemon before anything is published."""
+    """A subscriber whose subscription has taken effect at the daemon (not yet started), so it gets
+    every result: waits for the subscription itself, not for a sleep to be long enough."""
     sub = Subscriber(daemon.publisher.endpoint, **kw)
-    time.sleep(0.3)
+    assert daemon.publisher.wait_for_subscriptions(daemon.publisher.subscriptions + 1, 60), "no subscription"
     return sub
 
 
@@ -57,9 +61,8 @@ def run_to_end(daemon: Daemon, subs: list[Subscriber], timeout: float = 60) -> l
 
 
 def test_results_are_contiguous_typed_and_right(board_model, backend) -> None:
-    # queues deep enough that a loaded machine drops nothing: this test is about what is published
-    cfg = config(board_model[1], [camera("cam0", fps=60, defect_rate=0.3, pool=24, max_frames=48)],
-                 queues={"frames_per_camera": 64})
+    # the camera waits for room (lossless): this test is about what is published, on any machine
+    cfg = config(board_model[1], [camera("cam0", fps=60, defect_rate=0.3, pool=24, max_frames=48)], queues=LOSSLESS)
     daemon = Daemon(cfg, backend=backend)
     (results,) = run_to_end(daemon, [connect(daemon)])
     assert [r.header.seq for r in results] == list(range(48))
@@ -84,15 +87,13 @@ def test_results_are_contiguous_typed_and_right(board_model, backend) -> None:
 
 def test_cameras_batch_together_with_their_own_sequences(board_model, backend) -> None:
     cfg = config(board_model[1], [camera("a", fps=30, max_frames=30, seed=1, pool=8),
-                                  camera("b", fps=30, max_frames=20, seed=2, pool=8)])
+                                  camera("b", fps=30, max_frames=20, seed=2, pool=8)], queues=LOSSLESS)
     daemon = Daemon(cfg, backend=backend)
     (results,) = run_to_end(daemon, [connect(daemon)])
     snap = daemon.telemetry.snapshot()
+    assert snap["published"] == {"a": 30, "b": 20} and not snap["dropped"]
     for cam, n in (("a", 30), ("b", 20)):
-        published = snap["published"][cam]
-        dropped = sum(c.get(cam, 0) for c in snap["dropped"].values())  # a busy machine may drop the oldest
-        assert published + dropped == n and published >= n // 2
-        assert [r.header.seq for r in results if r.header.camera_id == cam] == list(range(published))
+        assert [r.header.seq for r in results if r.header.camera_id == cam] == list(range(n))
 
 
 def test_camera_filter_and_ng_only(board_model, backend) -> None:
@@ -106,8 +107,7 @@ def test_camera_filter_and_ng_only(board_model, backend) -> None:
 
 
 def test_corrupt_frames_are_counted_not_fatal(board_model, backend) -> None:
-    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=42, corrupt_every=7, pool=8)],
-                 queues={"frames_per_camera": 64})
+    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=42, corrupt_every=7, pool=8)], queues=LOSSLESS)
     daemon = Daemon(cfg, backend=backend)
     (results,) = run_to_end(daemon, [connect(daemon)])
     snap = daemon.telemetry.snapshot()
@@ -137,8 +137,8 @@ class UnpluggedCamera(SyntheticCamera):
 
 
 def test_a_vanished_camera_is_reopened(board_model, backend, caplog: pytest.LogCaptureFixture) -> None:
-    # deep queues: this test is about reopening, and a loaded machine would drop the oldest frames
-    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=25, pool=8)], queues={"frames_per_camera": 64})
+    # lossless queue: this test is about reopening, and a loaded machine would drop the oldest frames
+    cfg = config(board_model[1], [camera("cam0", fps=100, max_frames=25, pool=8)], queues=LOSSLESS)
     source = UnpluggedCamera(cfg.cameras[0].source)
     daemon = Daemon(cfg, backend=backend, sources={"cam0": source})
     (results,) = run_to_end(daemon, [connect(daemon)])
@@ -149,31 +149,37 @@ def test_a_vanished_camera_is_reopened(board_model, backend, caplog: pytest.LogC
 
 
 def test_slow_subscriber_slows_nobody(board_model, backend) -> None:
-    # deep frame queue: a loaded machine must not drop frames for its own slowness here; whether the
-    # daemon kept the camera's pace is the elapsed-time bound below
+    # The slow subscriber reads nothing until half the frames are published, then slowly. With a
+    # lossless frame queue, a publisher that waited for it would stall inference, then the camera,
+    # before that half: the run would never end. So ending at all is the proof, on any machine (how
+    # fast the daemon runs beside such a subscriber is bench/pipeline.py's question).
     cfg = config(board_model[1], [camera("cam0", fps=60, max_frames=120, pool=8)],
-                 publish={"endpoint": "tcp://127.0.0.1:*", "hwm": 10}, queues={"frames_per_camera": 128})
+                 publish={"endpoint": "tcp://127.0.0.1:*", "hwm": 10}, queues=LOSSLESS)
     daemon = Daemon(cfg, backend=backend)
     fast = connect(daemon)
     slow_ctx = zmq.Context()
     slow = Subscriber(daemon.publisher.endpoint, hwm=2, ctx=slow_ctx)
     slow.sock.setsockopt(zmq.RCVBUF, 4096)  # and a small kernel buffer: it really cannot keep up
-    time.sleep(0.3)
+    assert daemon.publisher.wait_for_subscriptions(2, 60)  # subscribed: the publisher must serve it too
     slow_got: list = []
     stop = threading.Event()
 
     def read_slowly() -> None:
+        while daemon.telemetry.snapshot()["published"].get("cam0", 0) < 60 and not stop.is_set():
+            time.sleep(0.01)
         while not stop.is_set():
             r = slow.recv(timeout_ms=100)
             if r is not None:
                 slow_got.append(r)
-                time.sleep(0.05)
+                time.sleep(0.2)
 
     reader = threading.Thread(target=read_slowly)
     reader.start()
-    t0 = time.monotonic()
-    (results,) = run_to_end(daemon, [fast])
-    elapsed = time.monotonic() - t0
+    try:
+        (results,) = run_to_end(daemon, [fast], timeout=120)
+    finally:
+        if not daemon.wait(0):
+            stop.set()
     while slow.sock.poll(1500):  # let the slow one read what reached it
         time.sleep(0.2)
     stop.set()
@@ -182,8 +188,7 @@ def test_slow_subscriber_slows_nobody(board_model, backend) -> None:
     slow_ctx.term()
     snap = daemon.telemetry.snapshot()
     assert len(results) == 120 and fast.missed["cam0"] == 0  # the fast one got everything
-    assert snap["published"] == {"cam0": 120} and not snap["dropped"]  # the daemon kept the camera's pace
-    assert elapsed < 120 / 60 + 3.0
+    assert snap["published"] == {"cam0": 120} and not snap["dropped"]
     # the slow one lost messages at the high-water marks, and its sequence numbers say how many
     assert len(slow_got) < 120 and slow.missed["cam0"] > 0
     assert len(slow_got) + slow.missed["cam0"] == slow_got[-1].header.seq + 1
@@ -218,12 +223,23 @@ def test_sigterm_drains_and_loses_nothing_accepted(board_model, tmp_path: Path) 
     path.write_text(json.dumps(cfg))
     sub = Subscriber(f"tcp://127.0.0.1:{pub}", hwm=100000)
     proc = _cli("run", "--config", str(path))
-    got = []
+    # ZeroMQ's slow joiner: the daemon publishes before our subscription takes effect. Once its status
+    # counts the subscription, every later result reaches us: published by then bounds the first we see
     deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline and proc.poll() is None, "the daemon did not take the subscription"
+        try:
+            subscribed = query_status(f"tcp://127.0.0.1:{status}", timeout_ms=1000)
+        except TimeoutError:
+            continue
+        if subscribed["events"].get("subscriptions.publish", 0) >= 1:
+            break
+        time.sleep(0.05)  # poll interval
+    got = []
     while len(got) < 30 and time.monotonic() < deadline:  # running, and behind the camera
         if (r := sub.recv(timeout_ms=500)) is not None:
             got.append(r)
-    snap = query_status(f"tcp://127.0.0.1:{status}")
+    snap = query_status(f"tcp://127.0.0.1:{status}", timeout_ms=30_000)
     assert snap["model"]["model_id"] and snap["frames_in"]["cam0"] >= 30
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -237,7 +253,8 @@ def test_sigterm_drains_and_loses_nothing_accepted(board_model, tmp_path: Path) 
     # ...and reached the subscriber: everything from the first message it saw (a subscriber that
     # joins as the daemon starts misses the first few: ZeroMQ's slow joiner) to the last
     first = got[0].header.seq
-    assert [r.header.seq for r in got] == list(range(first, final["published"]["cam0"])) and first < 30
+    assert first <= subscribed["published"].get("cam0", 0)
+    assert [r.header.seq for r in got] == list(range(first, final["published"]["cam0"]))
     assert sub.missed["cam0"] == 0
     assert "queue_full" in final["dropped"]  # the camera outran inference, so frames were waiting at SIGTERM
 

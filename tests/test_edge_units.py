@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -192,6 +193,25 @@ def test_queues_drop_the_oldest_and_share_batches() -> None:
     q.close()
     assert [f.frame_index for f in q.take(4, timeout=0.1)] == [1]  # closed: drained first
     assert q.take(4, timeout=0.1) is None
+
+
+def test_queues_that_wait_drop_nothing_and_let_go_at_stop() -> None:
+    q = FrameQueues(["a"], size=1, wait=True)
+    assert q.put(_frame("a", 0)) is None
+    done: list[Frame | None] = []
+    putter = threading.Thread(target=lambda: done.append(q.put(_frame("a", 1))))
+    putter.start()
+    putter.join(0.2)
+    assert putter.is_alive() and not done  # full: it waits, it does not drop the oldest
+    assert [f.frame_index for f in q.take(4, timeout=1)] == [0]
+    putter.join(30)
+    assert done == [None] and [f.frame_index for f in q.take(4, timeout=1)] == [1]
+    q.put(_frame("a", 2))
+    putter = threading.Thread(target=lambda: done.append(q.put(_frame("a", 3))))
+    putter.start()
+    q.release()  # the daemon stops: the waiting frame was accepted, so it goes in past the size
+    putter.join(30)
+    assert not putter.is_alive() and [f.frame_index for f in q.take(4, timeout=1)] == [2, 3]
 
 
 # -- sources --------------------------------------------------------------------------------------

@@ -119,7 +119,10 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 
 def daemon_config(onnx: Path, tmp: Path, camera: dict, **extra: object) -> dict:
-    """Every NG is spooled and delivered; a threshold of 0 makes every frame an NG (plenty to lose)."""
+    """Every NG is spooled and delivered; a threshold of 0 makes every frame an NG (plenty to lose).
+
+    The camera waits for room in its frame queue (``when_full: wait``), so a loaded machine drops
+    no frame and the tests can count every NG; a test about drops passes its own ``queues``."""
     cfg: dict = {
         "cameras": [{"id": "cam0", "reconnect_initial_s": 0.05, "reconnect_max_s": 0.2,
                      "source": {"kind": "synthetic", "category": "board", "pool": 8, **camera}}],
@@ -129,6 +132,7 @@ def daemon_config(onnx: Path, tmp: Path, camera: dict, **extra: object) -> dict:
         "ng_channel": {"endpoint": "tcp://127.0.0.1:*", "spool_dir": str(tmp / "spool"), "ack_timeout_s": 1.0,
                        "archiver_timeout_s": 1.0, "drain_s": 10.0, "fsync": True},
         "status": {"endpoint": "tcp://127.0.0.1:*"},
+        "queues": {"when_full": "wait"},
         "log_level": "WARNING",
     }  # fmt: skip
     cfg.update(extra)

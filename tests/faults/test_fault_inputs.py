@@ -31,7 +31,7 @@ def test_unplugged_camera_corrupt_frames_and_a_subscriber_that_never_reads(board
     stalled = Subscriber(daemon.publisher.endpoint, hwm=1, ctx=stalled_ctx)  # connects and never reads
     stalled.sock.setsockopt(zmq.RCVBUF, 4096)
     reader = Subscriber(daemon.publisher.endpoint, hwm=100000)
-    time.sleep(0.3)
+    assert daemon.publisher.wait_for_subscriptions(2, 60)  # both subscribed before the first frame
     got = []
     daemon.start()
     try:
@@ -79,16 +79,25 @@ def test_curve_lets_in_only_allowed_clients(board_model, backend, tmp_path: Path
     archivers = [threading.Thread(target=a.run, args=(stop,)) for a in (good, bad)]
     for t in (*subs, *archivers):
         t.start()
-    time.sleep(0.5)
+
+    def refused(names: tuple[str, ...]) -> bool:
+        return all(daemon.telemetry.snapshot()["events"].get(n, 0) >= 1 for n in names)
+
     try:
+        # before the first frame: the allowed subscriber's CURVE handshake is done and its subscription
+        # has taken effect, and the stranger and the plain client have been refused (and counted)
+        assert daemon.publisher.wait_for_subscriptions(1, 60), "the allowed subscriber never subscribed"
+        publish_refusals = ("auth_failures.publish", "handshake_failures.publish")
+        assert wait_for(lambda: daemon.publisher.poll_events() or refused(publish_refusals), 60)
         daemon.start()
-        status = query_status(daemon.status.endpoint, keys=client("dashboard"))
+        status = query_status(daemon.status.endpoint, timeout_ms=60_000, keys=client("dashboard"))
         assert status["model"]["model_id"] == backend.info.model_id
         with pytest.raises(TimeoutError):
             query_status(daemon.status.endpoint, timeout_ms=500, keys=client("stranger"))
-        assert daemon.wait(30)
-        assert wait_for(lambda: daemon.spool.depth() == 0, 20)
-        assert wait_for(lambda: len(allowed_sub.seen) == 40, 10)
+        assert daemon.wait(60)
+        assert wait_for(lambda: daemon.spool.depth() == 0, 60)
+        assert wait_for(lambda: len(allowed_sub.seen) == 40, 60)
+        assert wait_for(lambda: refused(("auth_failures.ng_channel", "auth_failures.status")), 60)
     finally:
         daemon.stop()
         stop.set()
@@ -131,7 +140,7 @@ def test_failsafe_publishes_ng_when_no_result_comes_in_time(board_model, backend
     recorder = NGRecorder(daemon.publisher.endpoint)
     sub = Subscriber(daemon.publisher.endpoint, hwm=100000)
     recorder.start()
-    time.sleep(0.3)
+    assert daemon.publisher.wait_for_subscriptions(2, 60)
     daemon.start()
     assert daemon.wait(60)
     daemon.stop()

@@ -4,7 +4,6 @@ with a full spool. Archivers run as real processes and are killed with SIGKILL."
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from harness import (
@@ -33,7 +32,7 @@ def test_archiver_killed_and_restarted_loses_no_ng(board_model, backend, tmp_pat
     archive = tmp_path / "archive"
     log = tmp_path / "archiver.log"
     archiver = start_archiver(archive, ng_endpoint, log)
-    time.sleep(0.5)
+    assert daemon.publisher.wait_for_subscriptions(1, 60)  # the recorder sees every result
     daemon.start()
     try:
         assert wait_for(lambda: len(recorder.ng) >= 30, 30), "no NG results"
