@@ -1,15 +1,21 @@
 """Accuracy benchmark and ablation of Pro-AD (issue 3; DESIGN §2 "the ablation decides what ships").
 
-Trains one multi-class model per variant on the generated set plus the real MVTec AD bottle set
-(when ``../shared/data/mvtec_bottle_256`` exists), evaluates every category with the metrics of
-``proad-eval``, and writes ``bench/results/accuracy.json`` and ``accuracy.md``.
+Trains one multi-class model per variant on the generated set plus every real set in
+``../shared/data`` (MVTec AD bottle, Magnetic Tile; ``--real`` names others), evaluates every
+category with the metrics of ``proad-eval``, and writes ``bench/results/<name>.json`` and ``.md``.
+Real images decide (the generated set scores >= 0.999 for every variant): the table reports each
+real category on its own (image AUROC, pixel AUROC, AUPRO, and at the stored threshold the share
+of defective images missed and of good images rejected) and the generated set as one mean. Each
+model's real categories are also scored with other image-score rules (the map's maximum, the mean of
+its top 0.1 %) beside the shipped top 1 %, from the same maps: whether the score is the problem.
 
-Variants: the shipped default, no constraint, the constraint exactly as first written
-(dot-product logits at tau = sqrt(D)), softer and partial forms (higher temperature, residual mix,
-later layers only, a loss instead of a projection), and M = 6 prototypes (INP-Former's count).
+Variants: the shipped default; the constraint's forms (none, as first written with dot-product
+logits at tau = sqrt(D), softer, partial, later layers only, a loss instead of a projection);
+M = 6 prototypes (INP-Former's count); and what might see small defects on real images: a 32x32
+token grid (stride 8), a stride-4 level, the bigger Lite1 / Lite2 encoders, a larger input.
 
-    python bench/accuracy.py                       # all variants (about 8 min each on 2 cores)
-    python bench/accuracy.py --variants default no-constraint --iterations 500
+    python bench/accuracy.py                       # all variants (about 10 min each on 2 cores)
+    python bench/accuracy.py --variants default grid8 --no-generated --name accuracy_real
 
 Finished variants are kept in the JSON and skipped on the next run unless ``--force``.
 
@@ -37,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_REAL, RESULTS, machine, write_results
+from common import RESULTS, machine, real_roots, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "baselines"))
 from patchcore import PatchCore
@@ -76,7 +82,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "loss-form": ("a loss pulling P towards C(P) instead of a projection", {"constraint": "loss"}),
     "M6": ("M = 6 prototypes (INP-Former), default constraint", {"prototypes": 6}),
     "M6-no-constraint": ("M = 6, no constraint", {"prototypes": 6, "constraint": "none"}),
+    "grid8": ("32x32 token grid (stride 8, N = 1024): the stride-8 level kept at its resolution", {"grid_stride": 8}),
+    "stride4": ("levels at strides 4, 8 and 16 (finer detail)", {"feature_levels": (1, 2, 3)}),
+    "lite1": ("EfficientNet-Lite1 encoder", {"backbone": "tf_efficientnet_lite1"}),
+    "lite2": ("EfficientNet-Lite2 encoder", {"backbone": "tf_efficientnet_lite2"}),
+    "size320": ("320x320 input (20x20 tokens)", {"image_size": 320}),
 }
+
+#: Image-score rules compared on the same maps: the model's own (top 1 % by default) and these.
+SCORE_RULES = {"max": 0.0, "top0.1%": 0.001, "top1%": 0.01}
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -93,26 +107,66 @@ def summarise(result: dict[str, Any], real: set[str]) -> dict[str, Any]:
     return out
 
 
+def score_rule_aurocs(model: ProAD, folders: list) -> dict[str, dict[str, float]]:
+    """Image AUROC per category under each rule of :data:`SCORE_RULES`, from the same maps."""
+    from sklearn.metrics import roc_auc_score
+
+    from proad.evaluate import predict
+
+    out: dict[str, dict[str, float]] = {}
+    for folder in folders:
+        labels = np.array([item.label for item in folder.test])
+        if not folder.test or labels.all() or not labels.any():
+            continue
+        maps, _, _ = predict(model, [folder.image(item) for item in folder.test])
+        flat = np.sort(maps.reshape(len(maps), -1), axis=1)[:, ::-1]
+        out[folder.category] = {
+            rule: float(roc_auc_score(labels, flat[:, : max(1, round(flat.shape[1] * share))].mean(1)))
+            for rule, share in SCORE_RULES.items()
+        }
+    return out
+
+
+def _at_threshold(r: dict[str, Any]) -> str:
+    bad, good = r["defective"], r["images"] - r["defective"]
+    return f"{r['missed_at_threshold'] / max(1, bad):.0%} / {r['false_alarms_at_threshold'] / max(1, good):.0%}"
+
+
 def table(data: dict[str, Any]) -> str:
     m = data["machine"]
+    real = data.get("real_categories", [])
     lines = [
         "# Pro-AD accuracy and ablation",
         "",
-        f"One multi-class model per variant, {data['iterations']} iterations, batch 16, on {m['cpu']} "
-        f"({m['cores']} cores), {m['date']}. Synthetic: mean over the generated categories; real: MVTec AD bottle.",
+        f"One multi-class model per variant, {data['iterations']} iterations, batch 16, trained and evaluated on "
+        f"{', '.join(f'`{Path(r).name}`' for r in data['data'])}; {m['cpu']} ({m['cores']} cores), {m['date']}. "
+        "Generated: mean over the generated categories. Each real category: image AUROC / pixel AUROC / AUPRO, "
+        "and at the stored threshold the share of defective images missed / of good images rejected.",
         "",
-        "| variant | synth img AUROC | synth px AUROC | synth AUPRO | real img AUROC | real px AUROC | real AUPRO "
-        "| final loss | train s | description |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | generated img AUROC / AUPRO | " + " | ".join(f"{c} | {c} at threshold" for c in real)
+        + " | train s | description |",
+        "|---|---:|" + "---:|---:|" * len(real) + "---:|---|",
     ]
     for name, v in data["variants"].items():
-        s = v["summary"]
-        cells = [f"{s[k]:.3f}" if k in s else "-" for k in
-                 [f"{g}_{k}" for g in ("synthetic", "real") for k in KEYS]]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {v['final_loss']:.4f} | {v['train_seconds']:.0f} | "
-                     f"{v['description']} |")
+        s, cats = v["summary"], v["categories"]
+        gen = (f"{s['synthetic_image_auroc']:.3f} / {s['synthetic_aupro']:.3f}" if "synthetic_image_auroc" in s
+               else "-")  # fmt: skip
+        cells = [gen]
+        for c in real:
+            r = cats.get(c)
+            cells += ([f"{r['image_auroc']:.3f} / {r['pixel_auroc']:.3f} / {r['aupro']:.3f}", _at_threshold(r)]
+                      if r else ["-", "-"])  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {v['train_seconds']:.0f} | {v['description']} |")
+    rules = list(SCORE_RULES)
+    lines += ["", "Image AUROC of the same maps under other image-score rules (the shipped rule is top 1 %):", "",
+              "| variant | " + " | ".join(f"{c} {r}" for c in real for r in rules) + " |",
+              "|---|" + "---:|" * (len(real) * len(rules))]  # fmt: skip
+    for name, v in data["variants"].items():
+        by = v.get("score_rules", {})
+        cells = [f"{by[c][r]:.3f}" if c in by else "-" for c in real for r in rules]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Per-category numbers are in accuracy.json.")
+    lines.append(f"Per-category numbers are in {data.get('name', 'accuracy')}.json.")
     return "\n".join(lines)
 
 
@@ -154,21 +208,22 @@ def _mean_over_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[st
 
 
 def compare_patchcore(
-    data: Path,
+    data: list[Path],
     checkpoints: list[Path] | None,
     seeds: list[int],
     iterations: int,
     coreset_ratio: float,
     shift_copies: int = 0,
 ) -> dict[str, Any]:
-    """Pro-AD (one multi-class model per training seed) vs PatchCore (one per category) on ``data``.
+    """Pro-AD (one multi-class model per training seed, on every root of ``data`` at once) vs PatchCore
+    (one per category) on the same roots.
 
     Pro-AD's numbers are the mean over its training seeds: with both methods near 1, one seed's
     difference to PatchCore is a few good/defective pairs, and another seed can move it by as many.
     PatchCore runs once with its fixed seed (its only randomness is the projection that speeds up
     the coreset choice; nothing is trained).
     """
-    folders = open_categories([data], None, 256)
+    folders = open_categories(data, None, 256)
     measured: list[tuple[dict[str, Any], ProAD]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoints:
@@ -176,11 +231,11 @@ def compare_patchcore(
         else:
             for seed in seeds:
                 what = f"seed {seed}, {iterations} iterations, {shift_copies} shifted copies"
-                print(f"training Pro-AD on {data} ({what})", flush=True)
+                print(f"training Pro-AD on {', '.join(map(str, data))} ({what})", flush=True)
                 t0 = time.perf_counter()
                 path = Path(tmp) / f"proad_seed{seed}.pt"
                 cfg = TrainConfig(iterations=iterations, shift_copies=shift_copies, seed=seed)
-                train([data], path, ModelConfig(), cfg, log=lambda s: None)
+                train(data, path, ModelConfig(), cfg, log=lambda s: None)
                 measured.append(_proad_run(path, folders, time.perf_counter() - t0))
         runs = [run for run, _ in measured]
         model = measured[0][1]  # every run has the same frozen encoder: PatchCore uses it too
@@ -204,11 +259,12 @@ def compare_patchcore(
     first = runs[0]
     timed = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
     return {
-        "data": str(data),
+        "data": [str(d) for d in data],
         "proad": {"train_seconds": float(np.mean(timed)) if timed else None,
                   "iterations": first["iterations"], "shift_copies": first["shift_copies"], "bytes": first["bytes"],
                   "models": 1, "seeds": [r["seed"] for r in runs], "categories": cats, "mean": mean, "runs": runs},
-        "patchcore": {"coreset_ratio": coreset_ratio, "bytes": pc_bytes, "models": len(pc_cats),
+        "patchcore": {"coreset_ratio": coreset_ratio, "max_candidates": PatchCore.max_candidates_default,
+                      "bytes": pc_bytes, "models": len(pc_cats),
                       "fit_seconds": sum(r["fit_seconds"] for r in pc_cats.values()),
                       "categories": pc_cats, "mean": pc_mean},
     }  # fmt: skip
@@ -239,6 +295,10 @@ def _test_split(pro: dict[str, Any]) -> str:
     return f"test: {images - bad} good and {bad} defective images over {len(pro['categories'])} categories"
 
 
+def _roots(data: str | list[str]) -> str:
+    return ", ".join(f"`{d}`" for d in ([data] if isinstance(data, str) else data))
+
+
 def compare_table(data: dict[str, Any]) -> str:
     m, pro, pc = data["machine"], data["proad"], data["patchcore"]
     names = {"image_auroc": "img AUROC", "image_ap": "img AP", "image_f1_max": "img F1", "pixel_auroc": "px AUROC",
@@ -246,14 +306,15 @@ def compare_table(data: dict[str, Any]) -> str:
     lines = [
         "# Pro-AD vs PatchCore",
         "",
-        f"{m['cpu']} ({m['cores']} cores), {m['date']}; data `{data['data']}` ({_test_split(pro)}). "
+        f"{m['cpu']} ({m['cores']} cores), {m['date']}; data {_roots(data['data'])} ({_test_split(pro)}). "
         "Same frozen encoder (tf_efficientnet_lite0, levels 2+3), same 256x256 input, same evaluation code. "
         f"**Pro-AD: one model for all {len(pro['categories'])} categories; PatchCore: one per category** "
         f"(its memory bank holds one kind of normal), coreset {pc['coreset_ratio']:.0%}, fitted on all train/good "
         f"images (Pro-AD held 10 % out to calibrate its threshold). {_seeds(pro)}.",
         "",
-        "| category | " + " | ".join(f"{v} Pro-AD / PatchCore" for v in names.values()) + " |",
-        "|---|" + "---:|" * len(names),
+        "| category | " + " | ".join(f"{v} Pro-AD / PatchCore" for v in names.values())
+        + " | Pro-AD at its threshold: missed / good rejected |",
+        "|---|" + "---:|" * (len(names) + 1),
     ]
     for cat in [*pro["categories"], "mean"]:
         a = pro["mean"] if cat == "mean" else pro["categories"][cat]
@@ -263,6 +324,7 @@ def compare_table(data: dict[str, Any]) -> str:
             mark = "**" if cat == "mean" else ""
             digits = 4 if k in ("image_auroc", "aupro") else 3  # the bar's two metrics: both near 1
             cells.append(f"{mark}{a[k]:.{digits}f} / {b[k]:.{digits}f}{mark}")
+        cells.append("" if cat == "mean" or "missed_at_threshold" not in a else _at_threshold(a))
         lines.append(f"| {'**mean**' if cat == 'mean' else cat} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -290,11 +352,15 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--iterations", type=int, default=TrainConfig().iterations)
     p.add_argument(
-        "--data", type=Path,
-        help=f"dataset root (default: the generated {BENCH_DATA.name}, or {COMPARE_DATA.name} with "
-             "--compare-patchcore; written if missing)",
+        "--data", type=Path, nargs="+",
+        help=f"dataset root(s) (default: the generated {BENCH_DATA.name}; with --compare-patchcore every real "
+             f"set in ../shared/data and the generated {COMPARE_DATA.name}; the generated sets are written if "
+             "missing)",
     )  # fmt: skip
-    p.add_argument("--real", type=Path, default=DEFAULT_REAL, help="real MVTec-AD-layout root (skipped if absent)")
+    p.add_argument("--real", type=Path, nargs="*", default=real_roots(),
+                   help="real MVTec-AD-layout roots (default: every one in ../shared/data)")
+    p.add_argument("--no-generated", action="store_true", help="ablation: train and evaluate on the real roots only")
+    p.add_argument("--name", default="accuracy", help="ablation: results file name under bench/results/")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--force", action="store_true", help="re-run variants already in the JSON")
     p.add_argument("--compare-patchcore", action="store_true", help="Pro-AD vs PatchCore instead of the ablation")
@@ -308,9 +374,10 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     if args.data is None:
-        args.data = COMPARE_DATA if args.compare_patchcore else BENCH_DATA
-        if not (args.data / "board").is_dir():
-            write_dataset(args.data, **(COMPARE_SET if args.compare_patchcore else BENCH_SET))
+        generated = COMPARE_DATA if args.compare_patchcore else BENCH_DATA
+        if not (generated / "board").is_dir() and not (args.no_generated and not args.compare_patchcore):
+            write_dataset(generated, **(COMPARE_SET if args.compare_patchcore else BENCH_SET))
+        args.data = [*real_roots(), generated] if args.compare_patchcore else [generated]
     if args.compare_patchcore:
         try:
             result = compare_patchcore(
@@ -322,21 +389,26 @@ def main() -> int:
         data = {"machine": machine(), **result}
         write_results("proad_vs_patchcore", data, compare_table(data))
         return 0
-    roots = [args.data] + ([args.real] if args.real.is_dir() else [])
-    real = set()
-    if args.real.is_dir():
-        real = {f.category for f in open_categories([args.real], None, 256)}
-    else:
-        print(f"note: {args.real} not found, evaluating on generated data only")
+    missing = [r for r in args.real if not r.is_dir()]
+    if missing:
+        print(f"error: real dataset root not found: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    if not args.real:
+        print("note: no real sets (../shared/data absent), evaluating on generated data only")
+    roots = ([] if args.no_generated else list(args.data)) + list(args.real)
+    if not roots:
+        print("error: --no-generated and no real roots: nothing to train on", file=sys.stderr)
+        return 2
+    real = {f.category for f in open_categories(args.real, None, 256)} if args.real else set()
 
-    path = RESULTS / "accuracy.json"
+    path = RESULTS / f"{args.name}.json"
     data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     root_names = [str(r) for r in roots]
     if data.get("iterations") != args.iterations or data.get("data") != root_names:
         data = {}  # variants measured on other data or for another length are not comparable
-    data.update(iterations=args.iterations, machine=machine(), data=root_names)
+    data.update(name=args.name, iterations=args.iterations, machine=machine(), data=root_names,
+                real_categories=sorted(real))  # fmt: skip
     data.setdefault("variants", {})
-    folders = open_categories(roots, None, 256)
     for name in args.variants:
         if name in data["variants"] and not args.force:
             print(f"{name}: kept from the previous run")
@@ -349,6 +421,7 @@ def main() -> int:
                          log=lambda s: None)
             seconds = time.perf_counter() - t0
         model = build_model(ckpt)
+        folders = open_categories(roots, None, cfg.image_size)
         result = evaluate(model, folders, ckpt.threshold, ckpt.train_info["category_thresholds"], progress=False)
         data["variants"][name] = {
             "description": desc,
@@ -357,10 +430,11 @@ def main() -> int:
             "final_loss": ckpt.train_info["final_loss"],
             "summary": summarise(result, real),
             "categories": result["categories"],
+            "score_rules": score_rule_aurocs(model, [f for f in folders if f.category in real]),
         }
-        print(f"{name}: {data['variants'][name]['summary']}", flush=True)
-        write_results("accuracy", data, table(data), show=False)  # keep finished variants if interrupted
-    write_results("accuracy", data, table(data))
+        print(f"{name}: {data['variants'][name]['summary']} {data['variants'][name]['score_rules']}", flush=True)
+        write_results(args.name, data, table(data), show=False)  # keep finished variants if interrupted
+    write_results(args.name, data, table(data))
     return 0
 
 

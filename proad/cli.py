@@ -126,6 +126,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed (batches, dropout, hold-out split)")
     p.add_argument("--checkpoint-every", type=int, help="iterations between resumable snapshots")
     p.add_argument("--shift-copies", type=int, help="translated copies of each training image (default 0)")
+    p.add_argument("--target-false-alarm", type=float,
+                   help="share of normal parts each category's threshold may reject (default 0.01)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
     return p
 
@@ -142,7 +144,8 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read --model-config {args.model_config}: {exc}") from exc
     model_fields.update(_parse_sets(args.set))
     model_cfg = ModelConfig.model_validate(model_fields)
-    names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every", "shift_copies")
+    names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every", "shift_copies",
+             "target_false_alarm")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     train_cfg = TrainConfig.model_validate(given)
     train(args.data, args.out, model_cfg, train_cfg, args.categories, resume=args.resume, progress=not args.quiet)
@@ -178,7 +181,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from proad.checkpoint import load_model
-    from proad.evaluate import evaluate, format_table
+    from proad.evaluate import at_threshold_lines, evaluate, format_table
     from proad.train import open_categories
 
     if args.threads:
@@ -191,6 +194,7 @@ def _eval(args: argparse.Namespace) -> int:
     result["checkpoint"] = {"path": str(args.checkpoint), "sha256": ckpt.sha256, "threshold": threshold}
     table = format_table(result)
     print(table)
+    print(at_threshold_lines(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

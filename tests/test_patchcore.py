@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,21 @@ def test_greedy_coreset_covers_what_random_sampling_misses() -> None:
     random_idx = torch.randperm(len(features), generator=g)[:20]
     assert radius(chosen) < radius(random_idx)
     assert greedy_coreset(features[:10], 50).tolist() == list(range(10))  # asked for more than there is
+
+
+def test_large_banks_choose_among_a_bounded_random_subsample(tiny_data: Path) -> None:
+    folder = MVTecFolder(tiny_data, "marble")
+    images = [folder.load(item)[0] for item in folder.train]  # 12 images x 32 x 32 patches = 12,288
+    model = PatchCore(ModelConfig(), coreset_ratio=0.5, max_candidates=3000)
+    model.fit(images)
+    assert model.bank.shape[0] == 3000  # half of all patches is more than the candidates: all of them
+    small = PatchCore(ModelConfig(), coreset_ratio=0.1, max_candidates=3000, encoder=model.encoder)
+    small.fit(images)
+    assert small.bank.shape[0] == 12 * 32 * 32 // 10  # 10 % of all patches, greedily chosen from 3,000
+    everything = model.embed(torch.from_numpy(np.stack(images)))
+    flat = everything.permute(0, 2, 3, 1).reshape(-1, everything.shape[1])
+    exact = torch.cdist(small.bank, flat, compute_mode="donot_use_mm_for_euclid_dist")
+    assert exact.min(1).values.max() < 1e-3  # each one a real training patch
 
 
 def test_patchcore_finds_generated_defects(tiny_data: Path) -> None:

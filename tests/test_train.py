@@ -15,12 +15,20 @@ from proad.checkpoint import CheckpointError, build_model, load_checkpoint
 from proad.cli import eval_main, synth_main, train_main
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import DatasetError
-from proad.train import calibrate, encode, open_categories, score_cached, shifted_copies, split_holdout, train
+from proad.train import (
+    calibrate,
+    encode,
+    normal_threshold,
+    open_categories,
+    score_cached,
+    shifted_copies,
+    split_holdout,
+    train,
+)
 
 
 def test_train_calibrates_on_held_out_normals(tiny_data: Path, tmp_path: Path, small_cfg: ModelConfig) -> None:
-    cfg = TrainConfig(iterations=15, batch_size=4, warmup=3, holdout_fraction=0.25, threshold_quantile=0.9,
-                      threshold_sigma=2.0)
+    cfg = TrainConfig(iterations=15, batch_size=4, warmup=3, holdout_fraction=0.25, target_false_alarm=0.1)
     ckpt = train([tiny_data], tmp_path / "m.pt", small_cfg, cfg, progress=False, log=lambda s: None)
     assert (tmp_path / "m.pt").is_file() and not (tmp_path / "m.pt.resume").exists()
     info = ckpt.train_info
@@ -32,13 +40,30 @@ def test_train_calibrates_on_held_out_normals(tiny_data: Path, tmp_path: Path, s
         split = split_holdout(folder, 0.25, 0)
         feats = encode(model, [folder.image(folder.train[i]) for i in split.holdout], progress=False)
         scores[folder.category] = score_cached(model, feats)[1]
-    threshold, per_cat = calibrate(scores, 0.9, 2.0)
+    threshold, per_cat = calibrate(scores, 0.1)
     assert ckpt.threshold == pytest.approx(threshold, rel=1e-5)
     everything = np.concatenate(list(scores.values()))
-    by_hand = max(np.quantile(everything, 0.9), everything.mean() + 2.0 * everything.std())
+    z90 = 1.2815515655446004  # the standard normal's 0.9 quantile
+    by_hand = max(np.quantile(everything, 0.9), everything.mean() + z90 * everything.std())
     assert ckpt.threshold == pytest.approx(by_hand, rel=1e-5)
     assert info["category_thresholds"] == pytest.approx(per_cat, rel=1e-5)
     assert ckpt.threshold > min(s.min() for s in scores.values())  # never the minimum score
+
+
+def test_threshold_rejects_the_target_share_of_normal_parts() -> None:
+    rng = np.random.default_rng(0)
+    many = rng.gamma(4.0, 0.05, 200_000)  # normal scores with a right-skewed tail, as anomaly scores have
+    for target in (0.01, 0.05):
+        t = normal_threshold(many[:100_000], target)
+        rejected = float((many[100_000:] >= t).mean())  # on parts the threshold never saw
+        assert target * 0.85 <= rejected <= target * 1.15 + 0.002
+    few = many[:12]  # a dozen held-out images: the Gaussian bound extrapolates past their maximum
+    assert normal_threshold(few, 0.01) == pytest.approx(few.mean() + 2.3263478740408408 * few.std())
+    assert normal_threshold(few, 0.01) > few.max() and normal_threshold(few, 0.2) > np.median(few)
+    # per category: one category's normal scores far above another's get their own threshold
+    low, high = rng.normal(0.1, 0.01, 50), rng.normal(0.5, 0.01, 50)
+    overall, per = calibrate({"low": low, "high": high}, 0.01)
+    assert per["low"] < 0.2 < per["high"] and overall >= per["high"]
 
 
 def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path, small_cfg: ModelConfig, monkeypatch) -> None:
