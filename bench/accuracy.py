@@ -107,23 +107,39 @@ def summarise(result: dict[str, Any], real: set[str]) -> dict[str, Any]:
     return out
 
 
-def score_rule_aurocs(model: ProAD, folders: list) -> dict[str, dict[str, float]]:
-    """Image AUROC per category under each rule of :data:`SCORE_RULES`, from the same maps."""
+def map_readings(model: ProAD, folders: list) -> dict[str, dict[str, float]]:
+    """Per category, from the same maps: image AUROC under each rule of :data:`SCORE_RULES`, and
+    where the reconstruction error lies (mean map value on good images, on the defect pixels of
+    defective images, on their other pixels). A decoder that rebuilds the defects has a small
+    defect/good ratio; one that fails on normal texture has a large error on good images."""
     from sklearn.metrics import roc_auc_score
 
     from proad.evaluate import predict
+    from proad.metrics import compute_metrics
 
+    pooled = ProAD(model.cfg.model_copy(update={"map_pool": 3}), encoder=model.encoder)
+    pooled.load_state_dict(model.state_dict())
     out: dict[str, dict[str, float]] = {}
     for folder in folders:
         labels = np.array([item.label for item in folder.test])
         if not folder.test or labels.all() or not labels.any():
             continue
-        maps, _, _ = predict(model, [folder.image(item) for item in folder.test])
+        loaded = [folder.load(item) for item in folder.test]
+        maps, _, _ = predict(model, [image for image, _ in loaded])
+        masks = np.stack([mask for _, mask in loaded])
         flat = np.sort(maps.reshape(len(maps), -1), axis=1)[:, ::-1]
-        out[folder.category] = {
+        reading = {
             rule: float(roc_auc_score(labels, flat[:, : max(1, round(flat.shape[1] * share))].mean(1)))
             for rule, share in SCORE_RULES.items()
         }
+        bad = labels == 1
+        reading.update(error_good=float(maps[~bad].mean()), error_defect=float(maps[masks].mean()),
+                       error_defective_rest=float(maps[bad][~masks[bad]].mean()))  # fmt: skip
+        # the same weights, the map taken on 3x3-averaged features (ModelConfig.map_pool = 3)
+        pooled_maps, pooled_scores, _ = predict(pooled, [image for image, _ in loaded])
+        got = compute_metrics(labels, pooled_scores, masks, pooled_maps)
+        reading.update({f"pool3_{k}": got[k] for k in ("image_auroc", "pixel_auroc", "aupro")})
+        out[folder.category] = reading
     return out
 
 
@@ -157,13 +173,27 @@ def table(data: dict[str, Any]) -> str:
             cells += ([f"{r['image_auroc']:.3f} / {r['pixel_auroc']:.3f} / {r['aupro']:.3f}", _at_threshold(r)]
                       if r else ["-", "-"])  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {v['train_seconds']:.0f} | {v['description']} |")
-    rules = list(SCORE_RULES)
-    lines += ["", "Image AUROC of the same maps under other image-score rules (the shipped rule is top 1 %):", "",
-              "| variant | " + " | ".join(f"{c} {r}" for c in real for r in rules) + " |",
+    rules = [*SCORE_RULES, "pool3_image_auroc"]
+    lines += ["", "Image AUROC of the same model under other image-score rules (the shipped rule is top 1 %), and "
+              "with its map taken on 3x3-averaged features (pool3: image AUROC / pixel AUROC / AUPRO):", "",
+              "| variant | " + " | ".join(f"{c} {r}" for c in real for r in [*SCORE_RULES, "pool3"]) + " |",
               "|---|" + "---:|" * (len(real) * len(rules))]  # fmt: skip
     for name, v in data["variants"].items():
         by = v.get("score_rules", {})
-        cells = [f"{by[c][r]:.3f}" if c in by else "-" for c in real for r in rules]
+        cells = []
+        for c in real:
+            r = by.get(c, {})
+            cells += [f"{r[k]:.3f}" if k in r else "-" for k in SCORE_RULES]
+            cells.append(f"{r['pool3_image_auroc']:.3f} / {r['pool3_pixel_auroc']:.3f} / {r['pool3_aupro']:.3f}"
+                         if "pool3_image_auroc" in r else "-")  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Where the error lies (mean map value): on good images, on defect pixels, on the rest of defective "
+              "images:", "", "| variant | " + " | ".join(f"{c} good / defect / rest" for c in real) + " |",
+              "|---|" + "---:|" * len(real)]  # fmt: skip
+    for name, v in data["variants"].items():
+        by = v.get("score_rules", {})
+        cells = [f"{by[c]['error_good']:.4f} / {by[c]['error_defect']:.4f} / {by[c]['error_defective_rest']:.4f}"
+                 if "error_good" in by.get(c, {}) else "-" for c in real]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Per-category numbers are in {data.get('name', 'accuracy')}.json.")
@@ -430,7 +460,7 @@ def main() -> int:
             "final_loss": ckpt.train_info["final_loss"],
             "summary": summarise(result, real),
             "categories": result["categories"],
-            "score_rules": score_rule_aurocs(model, [f for f in folders if f.category in real]),
+            "score_rules": map_readings(model, [f for f in folders if f.category in real]),
         }
         print(f"{name}: {data['variants'][name]['summary']} {data['variants'][name]['score_rules']}", flush=True)
         write_results(args.name, data, table(data), show=False)  # keep finished variants if interrupted

@@ -75,6 +75,11 @@ class ModelConfig(_Strict):
 
     # --- anomaly map and score ------------------------------------------------------------------
     map_sigma: float = Field(4.0, ge=0, le=32, description="Gaussian smoothing of the map, pixels (0 = off)")
+    map_pool: int = Field(
+        1, ge=1, le=7,
+        description="compare encoder and reconstruction averaged over a k x k neighbourhood of each level's "
+                    "grid (PatchCore's local awareness; 1 = off, odd)",
+    )  # fmt: skip
     score_top_fraction: float = Field(0.01, gt=0, le=1, description="image score = mean of this top fraction")
 
     @property
@@ -106,6 +111,8 @@ class ModelConfig(_Strict):
                 f"backbone {self.backbone!r} has no built-in weights: give backbone_checkpoint "
                 f"(built-in: {', '.join(BUILTIN_BACKBONES)})"
             )
+        if self.map_pool % 2 == 0:
+            raise ValueError(f"map_pool must be odd (a centred neighbourhood), got {self.map_pool}")
         if self.constraint_from_layer >= self.layers and self.constraint != "none":
             raise ValueError(f"constraint_from_layer ({self.constraint_from_layer}) must be < layers ({self.layers})")
         return self

@@ -246,14 +246,19 @@ class ProAD(nn.Module):
         return DecoderOutput(recs, fused, torch.stack(gaps).mean())
 
     def anomaly_map(self, feats: list[torch.Tensor], recs: list[torch.Tensor]) -> torch.Tensor:
-        """``1 - cos`` per level, bilinear to the input size, mean over levels, Gaussian smoothing.
+        """``1 - cos`` per level (optionally of ``map_pool``-averaged features), bilinear to the input
+        size, mean over levels, Gaussian smoothing.
 
         Always computed in fp32, also in an fp16 model: the map's small differences are the signal.
         """
-        size = self.cfg.image_size
+        size, k = self.cfg.image_size, self.cfg.map_pool
         maps = []
         for f, r in zip(feats, recs, strict=True):
-            d = 1.0 - F.cosine_similarity(f.float(), r.float(), dim=1).unsqueeze(1)
+            f, r = f.float(), r.float()
+            if k > 1:  # each position stands for its neighbourhood: steadier on texture
+                f = F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False)
+                r = F.avg_pool2d(r, k, stride=1, padding=k // 2, count_include_pad=False)
+            d = 1.0 - F.cosine_similarity(f, r, dim=1).unsqueeze(1)
             maps.append(F.interpolate(d, size=(size, size), mode="bilinear", align_corners=False))
         m = torch.stack(maps).mean(0)
         if self.cfg.map_sigma > 0:

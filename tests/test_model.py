@@ -83,6 +83,21 @@ def test_identical_features_give_a_zero_map(model: ProAD) -> None:
     assert amap.abs().max() < 1e-5
 
 
+def test_pooled_map_compares_neighbourhoods(model: ProAD) -> None:
+    """map_pool = 3: a difference confined to one position of one channel is spread over its 3x3
+    neighbourhood and diluted, where the plain map keeps it sharp; identical features still give 0."""
+    pooled = ProAD(model.cfg.model_copy(update={"map_pool": 3}), encoder=model.encoder)
+    with torch.no_grad():
+        feats = model.features(_batch(1))
+        noisy = [f.clone() for f in feats]
+        noisy[0][0, :, 10, 10] = -noisy[0][0, :, 10, 10]  # one stride-8 position turned around
+        plain, spread = model.anomaly_map(feats, noisy), pooled.anomaly_map(feats, noisy)
+        assert pooled.anomaly_map(feats, feats).abs().max() < 1e-5
+    assert plain.shape == spread.shape and 0 < spread.max() < plain.max()
+    with pytest.raises(ValueError, match="map_pool must be odd"):
+        ModelConfig(map_pool=2)
+
+
 def test_every_attention_goes_through_proto_attention(model: ProAD, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real = model_module.proto_attention
