@@ -75,6 +75,8 @@ def synth_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-good", type=int, default=20, help="normal test images per category (default 20)")
     p.add_argument("--test-per-defect", type=int, default=8, help="test images per defect kind (default 8)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; the same seed writes the same files")
+    p.add_argument("--hard", action="store_true",
+                   help="small, faint defects on large grayscale non-square images (a set that still ranks methods)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -88,7 +90,7 @@ def _synth(args: argparse.Namespace) -> int:
     if min(args.train, args.test_good, args.test_per_defect) < 0 or args.train < 1:
         raise UsageError("--train must be >= 1 and the test counts >= 0")
     root = write_dataset(args.out, args.categories, args.train, args.test_good, args.test_per_defect, args.seed,
-                         progress=not args.quiet)
+                         progress=not args.quiet, hard=args.hard)
     print(f"wrote {len(args.categories)} categories to {root}")
     return EXIT_OK
 

@@ -338,7 +338,8 @@ DEFECTS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Sample:
-    """One rendered image: BGR uint8 ``[256, 256, 3]``, boolean mask, defect kind (``"good"`` if none)."""
+    """One rendered image: BGR uint8 ``[256, 256, 3]`` (hard mode: :data:`HARD_SHAPES`), boolean mask of
+    the same size, defect kind (``"good"`` if none)."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -383,6 +384,72 @@ def render_clean(category: str, seed: int = 0, split: str = "train", index: int 
     return render(category, "good", seed, split, index).image
 
 
+#: The hard mode's image per category, (height, width) cropped from a 512 x 512 mosaic: not square.
+HARD_SHAPES = {"weave": (512, 352), "marble": (384, 512), "brick": (512, 416), "gravel": (448, 320),
+               "board": (512, 384)}  # fmt: skip
+#: The hard mode's defect contrast: the defect keeps this share of its difference to the clean image.
+HARD_CONTRAST = (0.3, 0.6)
+
+
+def render_hard(
+    category: str,
+    kind: str = "good",
+    seed: int = 0,
+    split: str = "train",
+    index: int = 0,
+    contrast: float | None = None,
+) -> Sample:
+    """What real lines show and the default set does not: small, faint defects on large, grayscale,
+    non-square images (``proad-synth --hard``).
+
+    A 2 x 2 mosaic of four normal images of the category (a panel of four boards, four patches of
+    fabric), one of them carrying the defect (at its usual size in pixels, so a quarter of its share of
+    the image), converted to grayscale, cropped to the category's :data:`HARD_SHAPES` around the
+    defect, and the defect faded to 30-60 % of its contrast (``contrast`` fixes that share; 1.0: not
+    faded, the same crop). The mask is the defect's mask where the faded defect still changes the
+    pixel, as in the default set; a defect that fading would leave mostly invisible keeps its full
+    contrast."""
+    rng = _rng(seed, category, split, index, "hard")
+    which = int(rng.integers(4))
+    tiles, clean_tiles, masks = [], [], []
+    for quarter in range(4):
+        sub = index * 4 + quarter  # every tile its own normal image
+        sample = render(category, kind if quarter == which else "good", seed, f"hard-{split}", sub)
+        tiles.append(sample.image)
+        clean_tiles.append(render_clean(category, seed, f"hard-{split}", sub) if quarter == which else sample.image)
+        masks.append(sample.mask)
+
+    def mosaic(parts: list[np.ndarray]) -> np.ndarray:
+        return np.vstack([np.hstack(parts[:2]), np.hstack(parts[2:])])
+
+    image, clean = (cv2.cvtColor(cv2.cvtColor(mosaic(p), cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+                    for p in (tiles, clean_tiles))  # fmt: skip
+    mask = mosaic(masks)
+    if mask.any():
+        share = rng.uniform(*HARD_CONTRAST) if contrast is None else contrast
+        faded = clean.astype(np.float32) + share * (image.astype(np.float32) - clean)
+        faded_u8 = _to_u8(faded)
+        still = mask & (np.abs(faded_u8.astype(np.int16) - clean).max(-1) > 3)
+        if still.sum() >= MIN_VISIBLE * mask.sum():
+            image, mask = np.where(mask[..., None], faded_u8, clean), still
+    h, w = HARD_SHAPES[category]
+    ys, xs = np.nonzero(mask)
+    y0, x0 = _window(ys, h, rng), _window(xs, w, rng)
+    crop = (slice(y0, y0 + h), slice(x0, x0 + w))
+    return Sample(np.ascontiguousarray(image[crop]), np.ascontiguousarray(mask[crop]), kind)
+
+
+def _window(coords: np.ndarray, size: int, rng: np.random.Generator) -> int:
+    """Start of a random window of ``size`` in the 2 x SIZE mosaic holding every coordinate it can."""
+    total = 2 * SIZE
+    first, last = 0, total - size
+    if coords.size:
+        first, last = max(0, int(coords.max()) - size + 1), min(int(coords.min()), total - size)
+        if first > last:  # the defect is wider than the window: start at its beginning
+            return min(int(coords.min()), total - size)
+    return int(rng.integers(first, last + 1))
+
+
 def write_dataset(
     out: str | Path,
     categories: tuple[str, ...] | list[str] = CATEGORIES,
@@ -391,8 +458,9 @@ def write_dataset(
     test_per_defect: int = 8,
     seed: int = 0,
     progress: bool = True,
+    hard: bool = False,
 ) -> Path:
-    """Write an MVTec-AD-layout dataset under ``out`` and return it.
+    """Write an MVTec-AD-layout dataset under ``out`` and return it (``hard``: :func:`render_hard`).
 
     Files are written atomically per image (PNG through a temporary name), so an interrupted run
     leaves no half-written image that a later training would choke on.
@@ -415,7 +483,7 @@ def write_dataset(
                     base / "ground_truth" / kind / f"{i:03d}_mask.png",
                 ))
     for cat, kind, split, i, img_path, mask_path in tqdm(jobs, desc="render", unit="img", disable=not progress):
-        sample = render(cat, kind, seed, split, i)
+        sample = (render_hard if hard else render)(cat, kind, seed, split, i)
         _write_png(img_path, sample.image)
         if mask_path is not None:
             _write_png(mask_path, sample.mask.astype(np.uint8) * 255)
