@@ -102,6 +102,18 @@ def slowest(runs: list[dict[str, Any]], n: int = 10) -> list[tuple[str, float]]:
     return sorted(medians.items(), key=lambda kv: -kv[1])[:n]
 
 
+def results(runs: list[dict[str, Any]], commit: str, venv_s: float, planned: int) -> dict[str, Any]:
+    summary = {}
+    for mode in dict.fromkeys(r["mode"] for r in runs):
+        mine = [r for r in runs if r["mode"] == mode]
+        walls = [r["wall_s"] for r in mine]
+        summary[mode] = {"runs": len(mine), "passed_runs": sum(r["exit_code"] == 0 for r in mine),
+                         "max_wall_s": max(walls), "median_wall_s": statistics.median(walls),
+                         "slowest": slowest(mine)}  # fmt: skip
+    return {"machine": machine(), "commit": commit, "venv_s": round(venv_s, 1), "planned_runs": planned,
+            "summary": summary, "runs": [{k: v for k, v in r.items() if k != "times"} for r in runs]}  # fmt: skip
+
+
 def table(data: dict[str, Any]) -> str:
     lines = [
         "# Test suite under stress",
@@ -109,7 +121,8 @@ def table(data: dict[str, Any]) -> str:
         f"`make test` on a fresh clone of `{data['commit']}`, {data['machine']['cpu']} "
         f"({data['machine']['cores']} cores), {data['machine']['date']}. "
         f"Venv built once before the runs: {data['venv_s']:.0f} s. `idle`: the machine as it is; "
-        "`loaded`: one busy-looping process per core the whole time.",
+        "`loaded`: one busy-looping process per core the whole time. "
+        f"{len(data['runs'])} of {data['planned_runs']} planned runs done.",
         "",
         "| mode | runs | passed | slowest run | median run |",
         "|---|---:|---:|---:|---:|",
@@ -163,18 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {i}/{len(plan)} ({mode}): exit {r['exit_code']}, {r['wall_s'] / 60:.1f} min, "
                   f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped"
                   + (f"; failing: {', '.join(r['failing'])}" if r["failing"] else ""), flush=True)  # fmt: skip
+            data = results(runs, commit, venv_s, len(plan))
+            write_results(args.name, data, table(data), show=i == len(plan))  # kept if a later run is cut short
         stop_hog(hog)
         hog = []
-        summary = {}
-        for mode in dict.fromkeys(plan):
-            mine = [r for r in runs if r["mode"] == mode]
-            walls = [r["wall_s"] for r in mine]
-            summary[mode] = {"runs": len(mine), "passed_runs": sum(r["exit_code"] == 0 for r in mine),
-                             "max_wall_s": max(walls), "median_wall_s": statistics.median(walls),
-                             "slowest": slowest(mine)}  # fmt: skip
-        data = {"machine": machine(), "commit": commit, "venv_s": round(venv_s, 1), "summary": summary,
-                "runs": [{k: v for k, v in r.items() if k != "times"} for r in runs]}  # fmt: skip
-        write_results(args.name, data, table(data))
         if args.keep:
             print(f"clone and logs kept in {where}")
         return 0 if all(r["exit_code"] == 0 for r in runs) else 1

@@ -169,7 +169,7 @@ def test_short_training_detects_real_bottle_defects(tmp_path: Path) -> None:
     """What works on generated data works on real camera images: a short run already separates them."""
     from proad.evaluate import evaluate
 
-    ckpt = train([BOTTLE], tmp_path / "bottle.pt", ModelConfig(), TrainConfig(iterations=120, warmup=20),
+    ckpt = train([BOTTLE], tmp_path / "bottle.pt", ModelConfig(), TrainConfig(iterations=40, warmup=10),
                  progress=False, log=lambda s: None)
     result = evaluate(build_model(ckpt), open_categories([BOTTLE], None, 256), ckpt.threshold, progress=False)
     bottle = result["categories"]["bottle"]
