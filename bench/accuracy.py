@@ -179,7 +179,7 @@ def table(data: dict[str, Any]) -> str:
               "| variant | " + " | ".join(f"{c} {r}" for c in real for r in [*SCORE_RULES, "pool3"]) + " |",
               "|---|" + "---:|" * (len(real) * len(rules))]  # fmt: skip
     for name, v in data["variants"].items():
-        by = v.get("score_rules", {})
+        by = v.get("map_readings", {})
         cells = []
         for c in real:
             r = by.get(c, {})
@@ -191,7 +191,7 @@ def table(data: dict[str, Any]) -> str:
               "images:", "", "| variant | " + " | ".join(f"{c} good / defect / rest" for c in real) + " |",
               "|---|" + "---:|" * len(real)]  # fmt: skip
     for name, v in data["variants"].items():
-        by = v.get("score_rules", {})
+        by = v.get("map_readings", {})
         cells = [f"{by[c]['error_good']:.4f} / {by[c]['error_defect']:.4f} / {by[c]['error_defective_rest']:.4f}"
                  if "error_good" in by.get(c, {}) else "-" for c in real]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -460,9 +460,9 @@ def main() -> int:
             "final_loss": ckpt.train_info["final_loss"],
             "summary": summarise(result, real),
             "categories": result["categories"],
-            "score_rules": map_readings(model, [f for f in folders if f.category in real]),
+            "map_readings": map_readings(model, [f for f in folders if f.category in real]),
         }
-        print(f"{name}: {data['variants'][name]['summary']} {data['variants'][name]['score_rules']}", flush=True)
+        print(f"{name}: {data['variants'][name]['summary']} {data['variants'][name]['map_readings']}", flush=True)
         write_results(args.name, data, table(data), show=False)  # keep finished variants if interrupted
     write_results(args.name, data, table(data))
     return 0
