@@ -25,6 +25,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 REPO = Path(__file__).resolve().parent.parent
 BOTTLE = REPO.parent / "shared" / "data" / "mvtec_bottle_256"
+MAGNETIC_TILE = REPO.parent / "shared" / "data" / "magnetic_tile"
 
 torch.set_num_threads(2)
 

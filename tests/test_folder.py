@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import BOTTLE
-from proad.data.folder import DatasetError, MVTecFolder, list_categories
+from conftest import BOTTLE, MAGNETIC_TILE
+from proad.data.folder import DatasetError, MVTecFolder, list_categories, read_image
 
 
 def _category(root: Path, name: str = "part", size: int = 64) -> Path:
@@ -97,3 +97,43 @@ def test_reads_real_mvtec_bottle() -> None:
     defects = [i for i in folder.test if i.label]
     img, mask = folder.load(defects[0])
     assert img.shape == (256, 256, 3) and mask.any()
+
+
+def _camera_frames(path: Path) -> list[np.ndarray]:
+    """What a camera could hand the daemon for the image at ``path``: as decoded, and as one
+    8-bit gray channel, 16-bit and BGRA where the image allows."""
+    frames = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED)]
+    color = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if (color[..., 0] == color[..., 1]).all() and (color[..., 1] == color[..., 2]).all():
+        frames.append(color[..., 0].copy())  # a monochrome camera: one channel
+    frames.append(color.astype(np.uint16) << 8)  # a 16-bit camera with the same 8 significant bits
+    frames.append(cv2.cvtColor(color, cv2.COLOR_BGR2BGRA))
+    return frames
+
+
+def _parity_images(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, shape in (("wide.png", (200, 333, 3)), ("gray.png", (300, 120)), ("small.png", (64, 100, 3))):
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, shape, dtype=np.uint8))
+        paths.append(tmp_path / name)
+    for root in (BOTTLE, MAGNETIC_TILE):  # real camera images: colour PNGs, and gray JPEGs of many sizes
+        if root.is_dir():
+            paths += sorted(root.glob("*/test/*/*"))[::40]
+    return paths
+
+
+def test_training_evaluation_and_the_daemon_see_the_same_pixels(tmp_path: Path) -> None:
+    """One preprocessing for everyone: what training and evaluation read from disk
+    (``MVTecFolder.image``/``load``) is, pixel for pixel, what the daemon's ``prepare`` makes of the
+    same picture coming from a camera as colour, gray, 16-bit or BGRA frames; the exported graph
+    and every backend take exactly those arrays."""
+    from proad.edge.preprocess import prepare
+
+    paths = _parity_images(tmp_path)
+    for path in paths:
+        expected = read_image(path, 256)
+        for frame in _camera_frames(path):
+            got = prepare(frame, 256)
+            assert got.dtype == np.uint8 and got.shape == (256, 256, 3)
+            assert np.array_equal(got, expected), f"{path.name}: {frame.shape} {frame.dtype} differs"
