@@ -158,6 +158,8 @@ def test_cli_bad_input_exit_codes(tmp_path: Path, tiny_data: Path, capsys: pytes
     assert "cannot read --model-config" in capsys.readouterr().err
     assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "m.pt"), "--shift-copies", "-1"]) == 2
     assert "shift_copies" in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
+    assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "m.pt"), "--target-false-alarm", "0.7"]) == 2
+    assert "target_false_alarm" in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
     assert synth_main(["--out", str(tmp_path / "s"), "--categories", "carpet"]) == 2
     with pytest.raises(SystemExit) as exc:
         train_main(["--help"])
