@@ -70,7 +70,8 @@ COMPARE_SET = {"test_good": 200, "test_per_defect": 100}
 COMPARE_DATA = RESULTS.parent / ".cache" / "synth-test200"
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "default": ("shipped: cosine logits, tau 0.05, hard projection in every layer, M=256", {}),
+    "default": ("shipped: 3x3-averaged levels; cosine logits, tau 0.05, hard projection in every layer, M=256",
+                {}),
     "no-constraint": ("no prototype constraint (reconstruct from adapted prototypes)", {"constraint": "none"}),
     "as-written": (
         "constraint as first written: dot logits, tau = sqrt(D)",
@@ -87,6 +88,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "lite1": ("EfficientNet-Lite1 encoder", {"backbone": "tf_efficientnet_lite1"}),
     "lite2": ("EfficientNet-Lite2 encoder", {"backbone": "tf_efficientnet_lite2"}),
     "size320": ("320x320 input (20x20 tokens)", {"image_size": 320}),
+    "no-pool": ("encoder levels not averaged (feature_pool 1: the default until issue 14)", {"feature_pool": 1}),
+    "pool5": ("encoder levels averaged over 5x5 instead of 3x3", {"feature_pool": 5}),
+    "letterbox": ("aspect kept: pictures letterboxed into the square (mirrored padding)", {"resize": "letterbox"}),
+    "no-dropout": ("no bottleneck dropout", {"bottleneck_dropout": 0.0}),
 }
 
 #: Image-score rules compared on the same maps: the model's own (top 1 % by default) and these.
@@ -451,7 +456,7 @@ def main() -> int:
                          log=lambda s: None)
             seconds = time.perf_counter() - t0
         model = build_model(ckpt)
-        folders = open_categories(roots, None, cfg.image_size)
+        folders = open_categories(roots, None, cfg.image_size, cfg.resize)
         result = evaluate(model, folders, ckpt.threshold, ckpt.train_info["category_thresholds"], progress=False)
         data["variants"][name] = {
             "description": desc,

@@ -163,7 +163,7 @@ class Daemon:
 
     # -- stages --------------------------------------------------------------------------------
     def _capture(self, cam: CameraConfig) -> None:
-        source, size = self.sources[cam.id], self.backend.info.image_size
+        source, size, resize = self.sources[cam.id], self.backend.info.image_size, self.backend.info.resize
         backoff, is_open, index = cam.reconnect_initial_s, False, 0
         while not self.stopping.is_set():
             try:
@@ -190,7 +190,7 @@ class Daemon:
             capture_mono, capture_ts = time.perf_counter(), time.time()
             self.telemetry.count("frames_in", cam.id)
             try:
-                image = prepare(raw, size)
+                image = prepare(raw, size, resize)
             except CorruptFrame as exc:
                 self.telemetry.drop(cam.id, "corrupt")
                 log.warning("camera %s frame %d: %s (skipped)", cam.id, index, exc)

@@ -2,8 +2,9 @@
 
 Checks first, because cameras and networks do deliver broken frames: an empty or truncated image,
 the wrong dtype, a strange channel count. Such a frame raises :class:`CorruptFrame`; the capture
-loop counts it and moves on. Gray, BGRA and 16-bit frames are converted, not refused. Resizing
-uses the same policy as the datasets the model was trained and evaluated on.
+loop counts it and moves on. Gray, BGRA and 16-bit frames are converted, not refused. Fitting to
+the model's input is :func:`proad.data.folder.fit_image`, the function the model was trained and
+evaluated with, under the model's own ``resize`` rule (stretch or letterbox).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ class CorruptFrame(ValueError):
     """The frame cannot be used; the message says why."""
 
 
-def prepare(image: object, size: int) -> np.ndarray:
-    """A contiguous uint8 ``[size, size, 3]`` BGR frame, or :class:`CorruptFrame`."""
+def prepare(image: object, size: int, resize: str = "stretch") -> np.ndarray:
+    """A contiguous uint8 ``[size, size, 3]`` BGR frame fitted by the model's ``resize`` rule
+    (the function training used), or :class:`CorruptFrame`."""
     if not isinstance(image, np.ndarray):
         raise CorruptFrame(f"not an image array ({type(image).__name__})")
     if image.size == 0 or image.ndim not in (2, 3) or min(image.shape[:2]) < 8:
@@ -36,4 +38,4 @@ def prepare(image: object, size: int) -> np.ndarray:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     elif image.shape[2] != 3:
         raise CorruptFrame(f"{image.shape[2]} channels, expected 1, 3 or 4")
-    return np.ascontiguousarray(fit_image(image, size))
+    return np.ascontiguousarray(fit_image(image, size, resize))

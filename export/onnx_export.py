@@ -82,8 +82,7 @@ class _Fp32Outputs(torch.nn.Module):
 
 def sample_images(image_size: int, count: int = 4) -> np.ndarray:
     """Real rendered images (normal and defective, several categories) for the numeric check."""
-    import cv2
-
+    from proad.data.folder import fit_image
     from proad.data.synth import render
 
     picks = [("board", "missing"), ("weave", "scratch"), ("marble", "good"), ("gravel", "stain")]
@@ -91,9 +90,7 @@ def sample_images(image_size: int, count: int = 4) -> np.ndarray:
     for i in range(count):
         category, kind = picks[i % len(picks)]
         img = render(category, kind, seed=7, split="test", index=i).image
-        if img.shape[0] != image_size:
-            img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_AREA)
-        images.append(img)
+        images.append(fit_image(img, image_size))
     return np.stack(images)
 
 

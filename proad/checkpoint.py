@@ -31,6 +31,10 @@ from proad.config import ModelConfig, format_validation_error
 
 FORMAT = "proad-checkpoint"
 VERSION = 1
+#: Model options added after checkpoints were first written, with the value those checkpoints were
+#: trained under. A stored config is complete, so a missing key means the option did not exist
+#: yet; the current default (``feature_pool`` 3) would run an old model with pooling it never saw.
+LEGACY_MODEL_DEFAULTS: dict[str, object] = {"feature_pool": 1, "resize": "stretch"}
 
 
 class CheckpointError(ValueError):
@@ -97,8 +101,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     for key in ("model_config", "state_dict", "threshold"):
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    stored = obj["model_config"]
+    if isinstance(stored, dict):
+        stored = {**LEGACY_MODEL_DEFAULTS, **stored}
     try:
-        cfg = ModelConfig.model_validate(obj["model_config"])
+        cfg = ModelConfig.model_validate(stored)
     except ValidationError as exc:
         raise CheckpointError(f"{path}: invalid model_config: {format_validation_error(exc)}") from exc
     state = obj["state_dict"]

@@ -43,7 +43,18 @@ class ModelConfig(_Strict):
         (2, 3), description="indices into timm's feature_info; for Lite0: 2 = stride 8, 3 = stride 16, 4 = stride 32"
     )
     image_size: int = Field(256, ge=64, le=2048, description="square input side in pixels")
+    resize: Literal["stretch", "letterbox"] = Field(
+        "stretch",
+        description="how a picture of another size or aspect becomes the square input: stretch squashes it, "
+                    "letterbox keeps its aspect and mirrors it into the rest (proad.data.folder.fit_image)",
+    )  # fmt: skip
     grid_stride: int = Field(16, description="token grid stride: 256 px / 16 = a 16x16 grid (N = 256 tokens)")
+
+    feature_pool: int = Field(
+        3, ge=1, le=7,
+        description="average each encoder level over a k x k neighbourhood before it is reconstructed and "
+                    "compared (PatchCore's local aggregation: grain of a texture averages out; 1 = off, odd)",
+    )  # fmt: skip
 
     # --- decoder -------------------------------------------------------------------------------
     dim: int = Field(128, ge=16, le=1024, description="token and prototype width D")
@@ -111,6 +122,8 @@ class ModelConfig(_Strict):
                 f"backbone {self.backbone!r} has no built-in weights: give backbone_checkpoint "
                 f"(built-in: {', '.join(BUILTIN_BACKBONES)})"
             )
+        if self.feature_pool % 2 == 0:
+            raise ValueError(f"feature_pool must be odd (a centred neighbourhood), got {self.feature_pool}")
         if self.map_pool % 2 == 0:
             raise ValueError(f"map_pool must be odd (a centred neighbourhood), got {self.map_pool}")
         if self.constraint_from_layer >= self.layers and self.constraint != "none":

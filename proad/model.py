@@ -5,7 +5,8 @@ the model without the trainer. Read it top to bottom:
 
 1. ``InputNorm`` turns what a camera gives (uint8, NHWC, BGR) into the encoder's input, so the
    exported graph needs no pre-processing beyond a resize.
-2. The frozen ``Encoder`` gives multi-level features (stride 8 and 16 by default).
+2. The frozen ``Encoder`` gives multi-level features (stride 8 and 16 by default), optionally
+   averaged over a small neighbourhood (``feature_pool``, PatchCore's local aggregation).
 3. Each level is brought onto one token grid (16x16 at 256 px) and projected to D channels; their
    sum passes a noisy MLP bottleneck (dropout while training) so the decoder cannot learn identity.
 4. The Dynamic Bidirectional Decoder keeps an expanded bank ``B`` of M learned prototypes. In layer
@@ -220,8 +221,13 @@ class ProAD(nn.Module):
 
     # -- stages ------------------------------------------------------------------------------
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen encoder features of a uint8 NHWC BGR batch, finest level first."""
-        return self.encoder(self.input_norm(image))
+        """Frozen encoder features of a uint8 NHWC BGR batch, finest level first, each averaged over
+        a ``feature_pool`` neighbourhood (what the decoder rebuilds and the map compares)."""
+        feats = self.encoder(self.input_norm(image))
+        k = self.cfg.feature_pool
+        if k > 1:
+            feats = [F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False) for f in feats]
+        return feats
 
     def decode(self, feats: list[torch.Tensor]) -> DecoderOutput:
         """Reconstruct every level from the prototypes (training runs this on cached features)."""

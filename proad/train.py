@@ -47,7 +47,7 @@ class Split:
 
 
 def open_categories(
-    roots: Sequence[str | Path], categories: Sequence[str] | None, image_size: int
+    roots: Sequence[str | Path], categories: Sequence[str] | None, image_size: int, resize: str = "stretch"
 ) -> list[MVTecFolder]:
     """Every requested category across the dataset roots (names must be unique across roots)."""
     found: dict[str, MVTecFolder] = {}
@@ -57,7 +57,7 @@ def open_categories(
                 continue
             if name in found:
                 raise DatasetError(f"category {name!r} exists in both {found[name].root} and {root}")
-            found[name] = MVTecFolder(root, name, image_size)
+            found[name] = MVTecFolder(root, name, image_size, resize)
     if categories:
         missing = [c for c in categories if c not in found]
         if missing:
@@ -174,7 +174,7 @@ def train(
         log(f"resuming from {resume_path} at step {state['step']}")
 
     t0 = time.perf_counter()
-    folders = open_categories(roots, categories, model_cfg.image_size)
+    folders = open_categories(roots, categories, model_cfg.image_size, model_cfg.resize)
     splits = [split_holdout(f, train_cfg.holdout_fraction, train_cfg.seed) for f in folders]
     torch.manual_seed(train_cfg.seed)
     model = ProAD(model_cfg)
@@ -260,7 +260,7 @@ def train(
         state_dict=model.trainable_state_dict(),
         threshold=threshold,
         normalisation={
-            "input": "uint8 NHWC BGR, any camera image resized to image_size x image_size",
+            "input": f"uint8 NHWC BGR, any camera image fitted to image_size x image_size by {model_cfg.resize}",
             "mean_rgb": list(model.encoder.body.pretrained_cfg["mean"]),
             "std_rgb": list(model.encoder.body.pretrained_cfg["std"]),
             "normal_score_mean": float(all_holdout.mean()) if all_holdout.size else None,

@@ -104,3 +104,17 @@ def test_threshold_and_config_survive_as_json_types(saved: tuple[Path, ProAD]) -
     assert raw["format"] == "proad-checkpoint" and raw["version"] == 1
     assert isinstance(raw["model_config"], dict) and isinstance(raw["threshold"], float)
     assert np.isfinite(raw["threshold"])
+
+
+def test_a_checkpoint_from_before_feature_pooling_keeps_running_as_trained(tmp_path: Path, saved) -> None:
+    """New models average their features over 3x3 by default; a checkpoint written before the
+    option existed was trained without it (and stretched its input), and is run that way."""
+    path, _ = saved
+    obj = torch.load(path, weights_only=False)
+    for key in ("feature_pool", "resize"):
+        del obj["model_config"][key]
+    old = tmp_path / "old.pt"
+    torch.save(obj, old)
+    cfg = load_checkpoint(old).model_config
+    assert cfg.feature_pool == 1 and cfg.resize == "stretch"
+    assert ModelConfig().feature_pool == 3

@@ -208,3 +208,29 @@ def test_build_engine_on_gpu(ckpt_path: Path, tmp_path: Path) -> None:  # pragma
     assert engine.stat().st_size > 0 and (tmp_path / "cache.bin").is_file()
     assert EngineInfo.model_validate_json(sidecar_path(engine).read_text()) == info
     assert info.profile["max"] == [4, 256, 256, 3]
+
+
+def test_a_letterboxing_pooled_model_carries_its_geometry_to_the_edge(
+    tmp_path: Path, small_cfg: ModelConfig
+) -> None:
+    """The input rule travels with the model: ONNX metadata -> the backend's ModelInfo -> the
+    daemon's prepare, and the feature pooling exports and matches torch."""
+    from proad.data.folder import fit_image
+    from proad.edge.backends import load_backend
+    from proad.edge.config import BackendConfig
+
+    cfg = small_cfg.model_copy(update={"resize": "letterbox", "feature_pool": 3})
+    torch.manual_seed(5)
+    model = ProAD(cfg)
+    ckpt = tmp_path / "lb.pt"
+    save_checkpoint(Checkpoint(cfg, model.trainable_state_dict(), 0.4), ckpt)
+    report = export_onnx(ckpt, tmp_path / "lb.onnx")
+    assert report.max_abs_error_map <= 1e-4 and report.max_abs_error_score <= 1e-4
+    backend = load_backend(BackendConfig(model=str(tmp_path / "lb.onnx"), threads=2))
+    assert backend.info.resize == "letterbox" and backend.info.image_size == 256
+    wide = np.random.default_rng(0).integers(0, 256, (120, 300, 3), dtype=np.uint8)
+    frame = fit_image(wide, 256, backend.info.resize)
+    amap, score = backend.infer(frame[None])
+    with torch.no_grad():
+        ref_map, ref_score = model.eval()(torch.from_numpy(frame[None]))
+    assert np.allclose(amap, ref_map.numpy(), atol=1e-4) and np.allclose(score, ref_score.numpy(), atol=1e-4)

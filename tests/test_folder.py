@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from conftest import BOTTLE, MAGNETIC_TILE
-from proad.data.folder import DatasetError, MVTecFolder, list_categories, read_image
+from proad.data.folder import (
+    RESIZE_MODES,
+    DatasetError,
+    MVTecFolder,
+    fit_image,
+    letterbox_box,
+    list_categories,
+    read_image,
+)
 
 
 def _category(root: Path, name: str = "part", size: int = 64) -> Path:
@@ -131,9 +139,51 @@ def test_training_evaluation_and_the_daemon_see_the_same_pixels(tmp_path: Path) 
     from proad.edge.preprocess import prepare
 
     paths = _parity_images(tmp_path)
-    for path in paths:
-        expected = read_image(path, 256)
-        for frame in _camera_frames(path):
-            got = prepare(frame, 256)
-            assert got.dtype == np.uint8 and got.shape == (256, 256, 3)
-            assert np.array_equal(got, expected), f"{path.name}: {frame.shape} {frame.dtype} differs"
+    for resize in RESIZE_MODES:
+        for path in paths:
+            expected = read_image(path, 256, resize)
+            for frame in _camera_frames(path):
+                got = prepare(frame, 256, resize)
+                assert got.dtype == np.uint8 and got.shape == (256, 256, 3)
+                assert np.array_equal(got, expected), f"{resize} {path.name}: {frame.shape} {frame.dtype} differs"
+
+
+def test_letterbox_keeps_the_aspect_and_fills_the_rest_by_mirroring(tmp_path: Path) -> None:
+    """A wide picture keeps its shape: it is scaled to fit the square and centred; the band above
+    and below mirrors its edge rows (no artificial border); its mask is fitted the same way, with
+    no defect in the padding."""
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, :, 1] = np.arange(200, dtype=np.uint8)[None, :]  # a horizontal ramp
+    img[:10] = 255  # a bright band at the top
+    out = fit_image(img, 128, "letterbox")
+    top, left, h, w = letterbox_box(100, 200, 128)
+    assert (top, left, h, w) == (32, 0, 64, 128)
+    assert out.shape == (128, 128, 3)
+    assert np.array_equal(out[top : top + h], cv2.resize(img, (128, 64), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(out[top - 1], out[top + 1])  # mirrored about the first content row
+    assert (out[:top, :, 0] == 255).any()  # the bright band reflected into the padding above
+    mask = np.zeros((100, 200), np.uint8)
+    mask[40:60, 90:110] = 255
+    fitted = fit_image(mask, 128, "letterbox", nearest=True)
+    assert fitted.shape == (128, 128) and not fitted[:top].any() and not fitted[top + h :].any()
+    assert fitted[top + 27 : top + 37, 59:69].all()  # rows 40-60, columns 90-110 at scale 0.64
+    # a tall picture pads left and right; a square one is a plain resize
+    assert letterbox_box(300, 100, 96) == (0, 32, 96, 32)
+    square = np.full((50, 50, 3), 7, np.uint8)
+    assert np.array_equal(fit_image(square, 64, "letterbox"), fit_image(square, 64, "stretch"))
+    with pytest.raises(ValueError, match="resize must be one of"):
+        fit_image(img, 64, "crop")
+
+
+def test_a_letterboxed_folder_fits_image_and_mask_alike(tmp_path: Path) -> None:
+    """Training and evaluation read the real images through the same rule, masks aligned."""
+    if not MAGNETIC_TILE.is_dir():
+        pytest.skip(f"the Magnetic Tile set is not at {MAGNETIC_TILE} (../shared/data)")
+    folder = MVTecFolder(MAGNETIC_TILE, "magnetic_tile", 256, "letterbox")
+    item = next(i for i in folder.test if i.kind == "crack")
+    img, mask = folder.load(item)
+    raw = cv2.imread(str(item.path))
+    top, left, h, w = letterbox_box(raw.shape[0], raw.shape[1], 256)
+    assert img.shape == (256, 256, 3) and mask.shape == (256, 256)
+    assert mask.any() and not mask[:top].any() and not mask[:, :left].any()
+    assert not mask[top + h :].any() and not mask[:, left + w :].any()

@@ -9,6 +9,7 @@ one line that says what to do.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -21,6 +22,14 @@ class ModelLoadError(RuntimeError):
     """The model file is missing, not ours, or does not fit this machine."""
 
 
+def _model_config(meta: OnnxMetadata) -> dict:
+    try:
+        cfg = json.loads(meta.model_config_json)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"the model's metadata holds no readable model config ({exc})") from exc
+    return cfg if isinstance(cfg, dict) else {}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     model_id: str
@@ -30,11 +39,14 @@ class ModelInfo:
     path: str = ""
     backend: str = ""
     device: str = "cpu"
+    resize: str = "stretch"  # how a frame is fitted to image_size (proad.data.folder.fit_image)
 
     @classmethod
     def from_metadata(cls, meta: OnnxMetadata, path: str, backend: str, device: str) -> ModelInfo:
         """What an exported model says about itself (ONNX metadata, also kept in engine sidecars)."""
-        return cls(meta.model_id, meta.image_size, meta.threshold, meta.category_thresholds, path, backend, device)
+        resize = str(_model_config(meta).get("resize", "stretch"))  # models from before letterboxing stretched
+        return cls(meta.model_id, meta.image_size, meta.threshold, meta.category_thresholds, path, backend, device,
+                   resize)
 
 
 class Backend(ABC):

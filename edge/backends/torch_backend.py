@@ -42,6 +42,7 @@ class TorchBackend(Backend):
             path=str(path),
             backend="torch",
             device=self.device,
+            resize=ckpt.model_config.resize,
         )
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

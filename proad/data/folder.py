@@ -10,8 +10,8 @@
 Real MVTec-AD, VisA converted to this layout and our generated data all read the same way. Layout
 problems are found when the dataset is opened, image problems when an image is read; both raise
 :class:`DatasetError` naming the path and what is wrong, never a bare OpenCV ``None``.
-Images come back as BGR uint8 at the model's input size (what the camera path gives the model),
-masks as booleans at the same size.
+Images come back as BGR uint8 at the model's input size, fitted by :func:`fit_image` (the one
+function the edge daemon uses too), masks as booleans fitted the same way.
 """
 
 from __future__ import annotations
@@ -64,26 +64,62 @@ def _read_raw(path: Path) -> np.ndarray:
     return img
 
 
-def fit_image(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize to ``size``x``size``: INTER_AREA when shrinking (no aliasing), linear when enlarging."""
-    if img.shape[:2] == (size, size):
+#: How a picture of any size and aspect becomes the model's square input.
+#: ``stretch`` squashes it to the square (the shape of a part changes with the camera's aspect);
+#: ``letterbox`` scales it to fit, keeping its aspect, and fills the rest by mirroring the picture
+#: at its edges (no artificial border for the encoder to see). Masks are padded as not defective,
+#: so the padding counts as normal surface in the pixel metrics.
+RESIZE_MODES = ("stretch", "letterbox")
+
+
+def letterbox_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """Where a ``height`` x ``width`` picture lies inside the letterboxed ``size`` square:
+    ``(top, left, content height, content width)``."""
+    scale = size / max(height, width)
+    h, w = max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))
+    return (size - h) // 2, (size - w) // 2, h, w
+
+
+def _resize(img: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
+    if img.shape[:2] == (height, width):
         return img
-    shrink = img.shape[0] > size or img.shape[1] > size
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    if nearest:
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_NEAREST)
+    shrink = img.shape[0] > height or img.shape[1] > width
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
-    """A BGR uint8 image resized to ``size``x``size`` (INTER_AREA when shrinking)."""
-    return fit_image(_read_raw(path), size)
+def fit_image(img: np.ndarray, size: int, resize: str = "stretch", nearest: bool = False) -> np.ndarray:
+    """The one preprocessing of training, evaluation, export and the edge daemon: any picture to
+    ``size`` x ``size`` (INTER_AREA when shrinking, linear when enlarging, nearest for masks), by
+    ``resize`` (:data:`RESIZE_MODES`)."""
+    if resize == "stretch":
+        return _resize(img, size, size, nearest)
+    if resize != "letterbox":
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    top, left, h, w = letterbox_box(img.shape[0], img.shape[1], size)
+    inner = _resize(img, w, h, nearest)
+    if (h, w) == (size, size):
+        return inner
+    border = cv2.BORDER_CONSTANT if nearest else cv2.BORDER_REFLECT_101  # masks: padding is not a defect
+    return cv2.copyMakeBorder(inner, top, size - h - top, left, size - w - left, border, value=0)
+
+
+def read_image(path: Path, size: int, resize: str = "stretch") -> np.ndarray:
+    """A BGR uint8 image fitted to ``size``x``size`` (:func:`fit_image`)."""
+    return fit_image(_read_raw(path), size, resize)
 
 
 class MVTecFolder:
     """One category of an MVTec-AD-layout dataset."""
 
-    def __init__(self, root: str | Path, category: str, image_size: int = 256) -> None:
+    def __init__(self, root: str | Path, category: str, image_size: int = 256, resize: str = "stretch") -> None:
         self.root = Path(root)
         self.category = category
         self.image_size = image_size
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        self.resize = resize
         base = self.root / category
         if not base.is_dir():
             raise DatasetError(f"category folder not found: {base}")
@@ -111,14 +147,14 @@ class MVTecFolder:
 
     def image(self, item: Item) -> np.ndarray:
         """BGR uint8 at the model's size."""
-        return read_image(item.path, self.image_size)
+        return read_image(item.path, self.image_size, self.resize)
 
     def load(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
         """(BGR uint8 image, boolean mask) at the model's size; the mask is all False for good images."""
         size = self.image_size
         raw = _read_raw(item.path)
         if item.mask_path is None:
-            return fit_image(raw, size), np.zeros((size, size), bool)
+            return fit_image(raw, size, self.resize), np.zeros((size, size), bool)
         m = cv2.imread(str(item.mask_path), cv2.IMREAD_GRAYSCALE)
         if m is None or m.size == 0:
             raise DatasetError(f"cannot read mask {item.mask_path}")
@@ -126,9 +162,7 @@ class MVTecFolder:
             raise DatasetError(
                 f"mask {item.mask_path} is {m.shape[1]}x{m.shape[0]} but its image is {raw.shape[1]}x{raw.shape[0]}"
             )
-        if m.shape != (size, size):
-            m = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
-        return fit_image(raw, size), m > 127
+        return fit_image(raw, size, self.resize), fit_image(m, size, self.resize, nearest=True) > 127
 
     def __repr__(self) -> str:
         return f"MVTecFolder({str(self.root)!r}, {self.category!r}: {len(self.train)} train, {len(self.test)} test)"

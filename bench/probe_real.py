@@ -1,0 +1,241 @@
+"""Quick screening of Pro-AD variants on the real sets (issue 14): short trainings on cached features.
+
+``bench/accuracy.py`` is the full ablation (every real and generated category, the stored
+threshold, AUPRO; about 12 minutes per variant on 2 cores). This is its scout: the real categories
+only (tile and bottle from ``../shared/data``), one short training per variant (300 iterations by
+default, about 3 minutes), and the readings that say *why* a variant wins or loses:
+
+- image AUROC with the shipped score (mean of the top 1 % of the map) and with the map's maximum,
+  per defect type, and pixel AUROC (on a fixed random 400,000 of the test pixels);
+- each level's reconstruction error (mean ``1 - cos``) on training and on test images: a decoder
+  that cannot rebuild normal texture scores normal parts high, and no score rule then helps.
+
+Encoder features are cached per (backbone, levels, size, resize, photometric) under
+``bench/.cache/probe`` so the next variant trains at once. Variants are ``accuracy.VARIANTS`` names
+or JSON ``ModelConfig`` overrides; ``--photometric`` standardises each picture's intensities first
+(a preprocessing candidate, not a model option)::
+
+    python bench/probe_real.py --variants default pool3 no-constraint letterbox
+    python bench/probe_real.py --variants '{"feature_pool": 5}' --iterations 1000
+
+Results are appended to ``bench/results/probe_real.json`` (with ``.md``); rankings from 300
+iterations are a scout's, the shipped numbers come from ``bench/accuracy.py`` and ``proad-eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import VARIANTS
+
+from common import RESULTS, machine, real_roots, write_results
+from proad.config import ModelConfig, TrainConfig
+from proad.loss import proad_loss
+from proad.model import ProAD
+from proad.train import encode, lr_factor, open_categories
+
+CACHE = Path(__file__).resolve().parent / ".cache" / "probe"
+
+
+def standardise(img: np.ndarray) -> np.ndarray:
+    """Per-picture intensity standardisation (mean 128, std 48): equalises exposure between shots."""
+    x = img.astype(np.float32)
+    return np.clip((x - x.mean()) / (x.std() + 1e-3) * 48.0 + 128.0, 0, 255).astype(np.uint8)
+
+
+def cached_features(model: ProAD, cfg: ModelConfig, folder: Any, photometric: bool) -> dict[str, Any]:
+    """Raw (unpooled) encoder features of a category's train and test images, with masks and labels."""
+    key = "_".join(
+        map(
+            str,
+            (
+                cfg.backbone,
+                *cfg.feature_levels,
+                cfg.image_size,
+                cfg.resize,
+                folder.category,
+                "std" if photometric else "raw",
+            ),
+        )
+    )
+    path = CACHE / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=False)
+    prep = standardise if photometric else (lambda x: x)
+    loaded = [folder.load(item) for item in folder.test]
+    data = {
+        "train": encode_raw(model, [prep(folder.image(item)) for item in folder.train]),
+        "test": encode_raw(model, [prep(img) for img, _ in loaded]),
+        "masks": torch.from_numpy(np.stack([m for _, m in loaded])),
+        "labels": np.array([item.label for item in folder.test]),
+        "kinds": [item.kind for item in folder.test],
+    }
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    return data
+
+
+@torch.no_grad()
+def encode_raw(model: ProAD, images: list[np.ndarray]) -> list[torch.Tensor]:
+    """Encoder features without ``feature_pool`` (pooling is applied per variant)."""
+    pool, model.cfg = model.cfg.feature_pool, model.cfg.model_copy(update={"feature_pool": 1})
+    try:
+        return encode(model, images, progress=False)
+    finally:
+        model.cfg = model.cfg.model_copy(update={"feature_pool": pool})
+
+
+def pooled(levels: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    if k <= 1:
+        return levels
+    return [F.avg_pool2d(f.float(), k, stride=1, padding=k // 2, count_include_pad=False).half() for f in levels]
+
+
+def reconstruction_error(model: ProAD, feats: list[torch.Tensor]) -> list[float]:
+    f = [lvl.float() for lvl in feats]
+    recs = model.decode(f).reconstructions
+    return [round(float((1 - F.cosine_similarity(a, b, dim=1)).mean()), 4) for a, b in zip(f, recs, strict=True)]
+
+
+def run_variant(name: str, cfg: ModelConfig, iterations: int, photometric: bool, seed: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = ProAD(cfg)
+    folders = open_categories(real_roots(), None, cfg.image_size, cfg.resize)
+    data = {}
+    for f in folders:
+        d = cached_features(model, cfg, f, photometric)
+        data[f.category] = {
+            **d,
+            "train": pooled(d["train"], cfg.feature_pool),
+            "test": pooled(d["test"], cfg.feature_pool),
+        }
+    cache = [torch.cat(level) for level in zip(*[d["train"] for d in data.values()], strict=True)]
+    n = cache[0].shape[0]
+    tcfg = TrainConfig(iterations=iterations, warmup=min(100, iterations // 10), seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tcfg))
+    model.train()
+    t0 = time.perf_counter()
+    for step in tqdm(range(iterations), desc=name, unit="it", leave=False):
+        idx = torch.from_numpy(np.random.default_rng([seed, step]).integers(0, n, tcfg.batch_size))
+        feats = [level[idx].float() for level in cache]
+        loss, _ = proad_loss(feats, model.decode(feats), model.bank, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+    result: dict[str, Any] = {
+        "variant": name,
+        "model_config": cfg.model_dump(mode="json", exclude_defaults=True),
+        "photometric": photometric,
+        "iterations": iterations,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "categories": {},
+    }
+    model.eval()
+    with torch.no_grad():
+        for cat, d in data.items():
+            maps = []
+            for s in range(0, d["test"][0].shape[0], 32):
+                f = [lvl[s : s + 32].float() for lvl in d["test"]]
+                maps.append(model.anomaly_map(f, model.decode(f).reconstructions))
+            m = torch.cat(maps)
+            flat = m.flatten(1)
+            top = flat.topk(max(1, round(flat.shape[1] * cfg.score_top_fraction)), dim=1).values.mean(1).numpy()
+            labels, kinds = d["labels"], np.array(d["kinds"])
+            pick = np.random.default_rng(0).choice(flat.numel(), min(400_000, flat.numel()), replace=False)
+            good = kinds == "good"
+            result["categories"][cat] = {
+                "image_auroc": round(float(roc_auc_score(labels, top)), 4),
+                "image_auroc_max": round(float(roc_auc_score(labels, flat.max(1).values.numpy())), 4),
+                "pixel_auroc": round(
+                    float(roc_auc_score(d["masks"].numpy().reshape(-1)[pick], m.numpy().reshape(-1)[pick])), 4
+                ),
+                "per_defect": {
+                    k: round(
+                        float(
+                            roc_auc_score(
+                                np.r_[np.zeros(good.sum()), np.ones((kinds == k).sum())],
+                                np.r_[top[good], top[kinds == k]],
+                            )
+                        ),
+                        3,
+                    )
+                    for k in sorted(set(kinds))
+                    if k != "good"
+                },
+                "train_error": reconstruction_error(model, [lvl[:96] for lvl in d["train"]]),
+                "test_error": reconstruction_error(model, [lvl[-96:] for lvl in d["test"]]),
+            }
+    return result
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    cats = sorted({c for r in runs for c in r["categories"]})
+    head = "| variant | iters | " + " | ".join(f"{c} img (max) / px | {c} rec. error train/test" for c in cats) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(cats))]
+    for r in runs:
+        cells = []
+        for c in cats:
+            v = r["categories"].get(c)
+            if v is None:
+                cells += ["", ""]
+                continue
+            cells.append(f"{v['image_auroc']:.3f} ({v['image_auroc_max']:.3f}) / {v['pixel_auroc']:.3f}")
+            cells.append(" ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(v["train_error"], v["test_error"], strict=True)))
+        label = r["variant"] + (" +photometric" if r.get("photometric") else "")
+        lines.append(f"| {label} | {r['iterations']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["default"],
+        help=f"names ({', '.join(VARIANTS)}) or JSON ModelConfig overrides",
+    )
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--photometric", action="store_true", help="standardise each picture's intensities first")
+    ap.add_argument("--name", default="probe_real", help="results file stem under bench/results")
+    args = ap.parse_args(argv)
+    if not real_roots():
+        print("no real data under ../shared/data: nothing to probe", file=sys.stderr)
+        return 2
+    torch.set_num_threads(2)
+    path = RESULTS / f"{args.name}.json"
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    for spec in args.variants:
+        if spec.startswith("{"):
+            overrides, name = json.loads(spec), spec
+        elif spec in VARIANTS:
+            overrides, name = VARIANTS[spec][1], spec
+        else:
+            print(f"unknown variant {spec!r} (known: {', '.join(VARIANTS)})", file=sys.stderr)
+            return 2
+        run = run_variant(name, ModelConfig(**overrides), args.iterations, args.photometric, args.seed)
+        runs.append(run)
+        write_results(args.name, {"machine": machine(), "runs": runs}, table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
