@@ -43,7 +43,7 @@ from accuracy import VARIANTS
 from common import RESULTS, machine, real_roots, write_results
 from proad.config import ModelConfig, TrainConfig
 from proad.loss import proad_loss
-from proad.model import ProAD
+from proad.model import ProAD, local_average
 from proad.train import encode, lr_factor, open_categories
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "probe"
@@ -98,9 +98,7 @@ def encode_raw(model: ProAD, images: list[np.ndarray]) -> list[torch.Tensor]:
 
 
 def pooled(levels: list[torch.Tensor], k: int) -> list[torch.Tensor]:
-    if k <= 1:
-        return levels
-    return [F.avg_pool2d(f.float(), k, stride=1, padding=k // 2, count_include_pad=False).half() for f in levels]
+    return levels if k <= 1 else [local_average(f.float(), k).half() for f in levels]
 
 
 def reconstruction_error(model: ProAD, feats: list[torch.Tensor]) -> list[float]:

@@ -152,6 +152,14 @@ class DecoderLayer(nn.Module):
         return x, protos, gap
 
 
+def local_average(f: torch.Tensor, k: int) -> torch.Tensor:
+    """Each position of ``f [B, C, H, W]`` averaged over its centred ``k`` x ``k`` neighbourhood
+    (edges over the part inside; PatchCore's local aggregation). ``k`` = 1 returns ``f``."""
+    if k <= 1:
+        return f
+    return F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False)
+
+
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     """Normalised 1-d Gaussian, radius 4 sigma (the smoothing anomalib applies to its maps)."""
     radius = int(4.0 * sigma + 0.5)
@@ -223,11 +231,7 @@ class ProAD(nn.Module):
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Frozen encoder features of a uint8 NHWC BGR batch, finest level first, each averaged over
         a ``feature_pool`` neighbourhood (what the decoder rebuilds and the map compares)."""
-        feats = self.encoder(self.input_norm(image))
-        k = self.cfg.feature_pool
-        if k > 1:
-            feats = [F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False) for f in feats]
-        return feats
+        return [local_average(f, self.cfg.feature_pool) for f in self.encoder(self.input_norm(image))]
 
     def decode(self, feats: list[torch.Tensor]) -> DecoderOutput:
         """Reconstruct every level from the prototypes (training runs this on cached features)."""
@@ -261,9 +265,7 @@ class ProAD(nn.Module):
         maps = []
         for f, r in zip(feats, recs, strict=True):
             f, r = f.float(), r.float()
-            if k > 1:  # each position stands for its neighbourhood: steadier on texture
-                f = F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False)
-                r = F.avg_pool2d(r, k, stride=1, padding=k // 2, count_include_pad=False)
+            f, r = local_average(f, k), local_average(r, k)  # each position stands for its neighbourhood
             d = 1.0 - F.cosine_similarity(f, r, dim=1).unsqueeze(1)
             maps.append(F.interpolate(d, size=(size, size), mode="bilinear", align_corners=False))
         m = torch.stack(maps).mean(0)
