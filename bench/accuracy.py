@@ -54,6 +54,7 @@ from proad.data.folder import DatasetError
 from proad.data.synth import write_dataset
 from proad.evaluate import evaluate, evaluate_category
 from proad.model import ProAD
+from proad.presets import DEFAULT_PRESET, PRESETS, preset_configs
 from proad.train import open_categories, train
 
 #: The generated set the benchmarks rank methods on: proad-synth's training split and a test split
@@ -246,9 +247,10 @@ def compare_patchcore(
     data: list[Path],
     checkpoints: list[Path] | None,
     seeds: list[int],
-    iterations: int,
+    iterations: int | None,
     coreset_ratio: float,
     shift_copies: int = 0,
+    preset: str = DEFAULT_PRESET,
 ) -> dict[str, Any]:
     """Pro-AD (one multi-class model per training seed, on every root of ``data`` at once) vs PatchCore
     (one per category) on the same roots.
@@ -257,20 +259,29 @@ def compare_patchcore(
     difference to PatchCore is a few good/defective pairs, and another seed can move it by as many.
     PatchCore runs once with its fixed seed (its only randomness is the projection that speeds up
     the coreset choice; nothing is trained).
+
+    ``preset``: what Pro-AD is trained with (``iterations`` None: the preset's own); PatchCore gets
+    the same encoder and the same input size and fitting rule.
     """
-    folders = open_categories(data, None, 256)
+    train_over: dict[str, Any] = {"shift_copies": shift_copies}
+    if iterations is not None:
+        train_over["iterations"] = iterations
+    model_cfg, _ = preset_configs(preset, {}, train_over)
+    if checkpoints:
+        model_cfg = load_checkpoint(checkpoints[0]).model_config
+    folders = open_categories(data, None, model_cfg.image_size, model_cfg.resize)
     measured: list[tuple[dict[str, Any], ProAD]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoints:
             measured = [_proad_run(path, folders, None) for path in checkpoints]
         else:
             for seed in seeds:
-                what = f"seed {seed}, {iterations} iterations, {shift_copies} shifted copies"
+                model_cfg, cfg = preset_configs(preset, {}, {**train_over, "seed": seed})
+                what = f"preset {preset}, seed {seed}, {cfg.iterations} iterations, {shift_copies} shifted copies"
                 print(f"training Pro-AD on {', '.join(map(str, data))} ({what})", flush=True)
                 t0 = time.perf_counter()
                 path = Path(tmp) / f"proad_seed{seed}.pt"
-                cfg = TrainConfig(iterations=iterations, shift_copies=shift_copies, seed=seed)
-                train(data, path, ModelConfig(), cfg, log=lambda s: None)
+                train(data, path, model_cfg, cfg, log=lambda s: None, preset=preset)
                 measured.append(_proad_run(path, folders, time.perf_counter() - t0))
         runs = [run for run, _ in measured]
         model = measured[0][1]  # every run has the same frozen encoder: PatchCore uses it too
@@ -295,7 +306,8 @@ def compare_patchcore(
     timed = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
     return {
         "data": [str(d) for d in data],
-        "proad": {"train_seconds": float(np.mean(timed)) if timed else None,
+        "proad": {"preset": preset, "image_size": model_cfg.image_size, "resize": model_cfg.resize,
+                  "train_seconds": float(np.mean(timed)) if timed else None,
                   "iterations": first["iterations"], "shift_copies": first["shift_copies"], "bytes": first["bytes"],
                   "models": 1, "seeds": [r["seed"] for r in runs], "categories": cats, "mean": mean, "runs": runs},
         "patchcore": {"coreset_ratio": coreset_ratio, "max_candidates": PatchCore.max_candidates_default,
@@ -342,7 +354,8 @@ def compare_table(data: dict[str, Any]) -> str:
         "# Pro-AD vs PatchCore",
         "",
         f"{m['cpu']} ({m['cores']} cores), {m['date']}; data {_roots(data['data'])} ({_test_split(pro)}). "
-        "Same frozen encoder (tf_efficientnet_lite0, levels 2+3), same 256x256 input, same evaluation code. "
+        f"Pro-AD preset `{pro.get('preset', 'fast')}`. Same frozen encoder (tf_efficientnet_lite0, levels 2+3), "
+        f"same {pro.get('image_size', 256)}x{pro.get('image_size', 256)} input, same evaluation code. "
         f"**Pro-AD: one model for all {len(pro['categories'])} categories; PatchCore: one per category** "
         f"(its memory bank holds one kind of normal), coreset {pc['coreset_ratio']:.0%}, fitted on all train/good "
         f"images (Pro-AD held 10 % out to calibrate its threshold). {_seeds(pro)}.",
@@ -385,7 +398,10 @@ def compare_table(data: dict[str, Any]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--iterations", type=int, default=TrainConfig().iterations)
+    p.add_argument("--iterations", type=int,
+                   help=f"training iterations (default: {TrainConfig().iterations}; --compare-patchcore: the preset's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                   help="--compare-patchcore: Pro-AD's proad-train preset (PatchCore gets the same input)")
     p.add_argument(
         "--data", type=Path, nargs="+",
         help=f"dataset root(s) (default: the generated {BENCH_DATA.name}; with --compare-patchcore every real "
@@ -395,7 +411,8 @@ def main() -> int:
     p.add_argument("--real", type=Path, nargs="*", default=real_roots(),
                    help="real MVTec-AD-layout roots (default: every one in ../shared/data)")
     p.add_argument("--no-generated", action="store_true", help="ablation: train and evaluate on the real roots only")
-    p.add_argument("--name", default="accuracy", help="ablation: results file name under bench/results/")
+    p.add_argument("--name", help="results file stem under bench/results/ (default: accuracy; --compare-patchcore: "
+                   "proad_vs_patchcore, with _<preset> for another preset)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--force", action="store_true", help="re-run variants already in the JSON")
     p.add_argument("--compare-patchcore", action="store_true", help="Pro-AD vs PatchCore instead of the ablation")
@@ -416,14 +433,18 @@ def main() -> int:
     if args.compare_patchcore:
         try:
             result = compare_patchcore(
-                args.data, args.proad_checkpoint, args.seeds, args.iterations, args.coreset_ratio, args.shift_copies
+                args.data, args.proad_checkpoint, args.seeds, args.iterations, args.coreset_ratio, args.shift_copies,
+                args.preset,
             )
         except (DatasetError, CheckpointError) as exc:  # a wrong --data or --proad-checkpoint: say which, exit 2
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        data = {"machine": machine(), **result}
-        write_results("proad_vs_patchcore", data, compare_table(data))
+        data = {"machine": machine(), "preset": args.preset, **result}
+        default_name = "proad_vs_patchcore" + ("" if args.preset == DEFAULT_PRESET else f"_{args.preset}")
+        write_results(args.name or default_name, data, compare_table(data))
         return 0
+    args.iterations = args.iterations or TrainConfig().iterations
+    args.name = args.name or "accuracy"
     missing = [r for r in args.real if not r.is_dir()]
     if missing:
         print(f"error: real dataset root not found: {', '.join(map(str, missing))}", file=sys.stderr)

@@ -7,6 +7,7 @@ rounds of ``--seconds`` each, at batch 1 and 8, with the same threads; the ratio
 
     python bench/onnx_variants.py                                  # today's default vs feature_pool 1
     python bench/onnx_variants.py --variant '{"backbone": "tf_efficientnet_lite2"}'
+    python bench/onnx_variants.py --variant '{}' --variant '{"image_size": 320}' --name onnx_presets
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=2.0, help="per session, batch and round")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--name", default="onnx_variants", help="results file stem under bench/results")
     args = ap.parse_args(argv)
     variants = {"old default (feature_pool 1)": BASELINE}
     for spec in args.variant or ["{}"]:
         variants["today's default" if spec == "{}" else spec] = json.loads(spec)
-    images = sample_images(256, 8)
+    # each model gets pictures of its own input size (a bigger input costs what it costs)
+    images = {name: sample_images(ModelConfig(**o).image_size, 8) for name, o in variants.items()}
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {name: session(o, Path(tmp), f"v{i}", args.threads) for i, (name, o) in enumerate(variants.items())}
         rates: dict[str, dict[int, list[float]]] = {name: {1: [], 8: []} for name in sessions}
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.rounds):
             for name in order if rnd % 2 == 0 else order[::-1]:
                 for batch in (1, 8):
-                    x = images[:batch]
+                    x = images[name][:batch]
                     sessions[name].run(None, {"image": x})
                     done, t0 = 0, time.perf_counter()
                     while time.perf_counter() - t0 < args.seconds:
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {n} | {m[1]:.1f} | {m[8]:.1f} | {m[1] / med[base][1]:.3f} / {m[8] / med[base][8]:.3f} |")
     data = {"machine": machine(), "threads": args.threads, "rounds": args.rounds, "seconds": args.seconds,
             "variants": variants, "img_per_s_median": med, "img_per_s_rounds": rates}  # fmt: skip
-    write_results("onnx_variants", data, "\n".join(rows))
+    write_results(args.name, data, "\n".join(rows))
     return 0
 
 

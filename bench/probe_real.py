@@ -47,6 +47,11 @@ from proad.model import ProAD, local_average
 from proad.train import encode, lr_factor, open_categories
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "probe"
+MODELS = CACHE / "models"  # each variant's trained decoder, to read other scores from it later
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:80]
 
 
 def standardise(img: np.ndarray) -> np.ndarray:
@@ -145,6 +150,9 @@ def run_variant(name: str, cfg: ModelConfig, iterations: int, photometric: bool,
         "categories": {},
     }
     model.eval()
+    MODELS.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_config": cfg.model_dump(mode="json"), "state": model.trainable_state_dict()},
+               MODELS / f"{_slug(name)}_{iterations}.pt")
     with torch.no_grad():
         for cat, d in data.items():
             maps = []

@@ -76,7 +76,7 @@ class Daemon:
         info = self.backend.info
         self.run_id = secrets.token_hex(4)
         self.telemetry = Telemetry({"model_id": info.model_id, "backend": info.backend, "device": info.device,
-                                    "path": info.path, "run_id": self.run_id})  # fmt: skip
+                                    "path": info.path, "preset": info.preset, "run_id": self.run_id})  # fmt: skip
         self.thresholds = {c.id: self._threshold(c) for c in cfg.cameras}
         self.map_shape = (info.image_size, info.image_size)
         self.frames = FrameQueues([c.id for c in cfg.cameras], cfg.queues.frames_per_camera,
@@ -313,9 +313,10 @@ class Daemon:
             self.status.start()
         for t in self.capture_threads:
             t.start()
-        log.info("running %d camera(s) with %s (%s) model %s; publishing on %s",
-                 len(self.capture_threads), self.backend.info.backend, self.backend.info.device,
-                 self.backend.info.model_id, self.publisher.endpoint)
+        info = self.backend.info
+        log.info("running %d camera(s) with %s (%s) model %s (preset %s, %d px, %s); publishing on %s",
+                 len(self.capture_threads), info.backend, info.device, info.model_id, info.preset or "unnamed",
+                 info.image_size, info.resize, self.publisher.endpoint)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the cameras, finish and publish every queued frame, close the sockets."""

@@ -141,6 +141,7 @@ def build_onnx(
         precision=precision,
         plugin=False,
         image_size=size,
+        preset=ckpt.train_info.get("preset") or "",
     )
     onnx.helper.set_model_props(proto, meta.to_props())
     proto.producer_name = "proad-export"

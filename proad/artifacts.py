@@ -57,6 +57,7 @@ class OnnxMetadata(BaseModel):
     plugin: bool = Field(description="attention as proad::ProtoAttention nodes (TensorRT) or standard ops")
     input_layout: str = "uint8 NHWC BGR"
     image_size: int
+    preset: str = Field("", description="the proad-train preset the model was trained from ('' before presets)")
 
     def to_props(self) -> dict[str, str]:
         out = {}

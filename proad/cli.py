@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from proad.clikit import Failure, run_command, say
+from proad.presets import DEFAULT_PRESET, PRESETS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -120,6 +121,9 @@ def train_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                   help="starting point: " + "; ".join(f"{p.name}: {p.summary}" for p in PRESETS.values())
+                   + f" (default {DEFAULT_PRESET}); --model-config, --set and the flags below override it")
     p.add_argument("--model-config", type=Path, help="ModelConfig as JSON or YAML")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override ModelConfig fields")
     p.add_argument("--iterations", type=int, help="training iterations (default 1000)")
@@ -135,7 +139,8 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from proad.config import ModelConfig, TrainConfig, load_config_file
+    from proad.config import load_config_file
+    from proad.presets import preset_configs
     from proad.train import train
 
     model_fields: dict[str, Any] = {}
@@ -145,12 +150,12 @@ def _train(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read --model-config {args.model_config}: {exc}") from exc
     model_fields.update(_parse_sets(args.set))
-    model_cfg = ModelConfig.model_validate(model_fields)
     names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every", "shift_copies",
              "target_false_alarm")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    train_cfg = TrainConfig.model_validate(given)
-    train(args.data, args.out, model_cfg, train_cfg, args.categories, resume=args.resume, progress=not args.quiet)
+    model_cfg, train_cfg = preset_configs(args.preset, model_fields, given)
+    train(args.data, args.out, model_cfg, train_cfg, args.categories, resume=args.resume, progress=not args.quiet,
+          preset=args.preset)
     print(f"wrote {args.out}")
     return EXIT_OK
 

@@ -157,8 +157,11 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    preset: str | None = None,
 ) -> Checkpoint:
-    """Train one model on every category under ``roots`` and write its checkpoint to ``out``."""
+    """Train one model on every category under ``roots`` and write its checkpoint to ``out``.
+
+    ``preset``: the name of the :mod:`proad.presets` entry the configs came from, recorded only."""
     from tqdm import tqdm
 
     model_cfg = model_cfg or ModelConfig()
@@ -268,6 +271,7 @@ def train(
         },
         train_info={
             "data": [str(Path(r).resolve()) for r in roots],
+            "preset": preset,
             "categories": {s.folder.category: {"fit": len(s.fit), "holdout": len(s.holdout)} for s in splits},
             "category_thresholds": per_cat,
             "threshold_source": source,

@@ -213,8 +213,8 @@ def test_build_engine_on_gpu(ckpt_path: Path, tmp_path: Path) -> None:  # pragma
 def test_a_letterboxing_pooled_model_carries_its_geometry_to_the_edge(
     tmp_path: Path, small_cfg: ModelConfig
 ) -> None:
-    """The input rule travels with the model: ONNX metadata -> the backend's ModelInfo -> the
-    daemon's prepare, and the feature pooling exports and matches torch."""
+    """The input rule and the preset's name travel with the model: ONNX metadata -> the backend's
+    ModelInfo -> the daemon's prepare, and the feature pooling exports and matches torch."""
     from proad.data.folder import fit_image
     from proad.edge.backends import load_backend
     from proad.edge.config import BackendConfig
@@ -223,11 +223,12 @@ def test_a_letterboxing_pooled_model_carries_its_geometry_to_the_edge(
     torch.manual_seed(5)
     model = ProAD(cfg)
     ckpt = tmp_path / "lb.pt"
-    save_checkpoint(Checkpoint(cfg, model.trainable_state_dict(), 0.4), ckpt)
+    save_checkpoint(Checkpoint(cfg, model.trainable_state_dict(), 0.4, train_info={"preset": "accurate"}), ckpt)
     report = export_onnx(ckpt, tmp_path / "lb.onnx")
     assert report.max_abs_error_map <= 1e-4 and report.max_abs_error_score <= 1e-4
     backend = load_backend(BackendConfig(model=str(tmp_path / "lb.onnx"), threads=2))
     assert backend.info.resize == "letterbox" and backend.info.image_size == 256
+    assert backend.info.preset == "accurate"  # the preset's name reaches the daemon's log and telemetry
     wide = np.random.default_rng(0).integers(0, 256, (120, 300, 3), dtype=np.uint8)
     frame = fit_image(wide, 256, backend.info.resize)
     amap, score = backend.infer(frame[None])

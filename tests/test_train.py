@@ -15,6 +15,7 @@ from proad.checkpoint import CheckpointError, build_model, load_checkpoint
 from proad.cli import eval_main, synth_main, train_main
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import DatasetError
+from proad.presets import PRESETS, preset_configs
 from proad.train import (
     calibrate,
     encode,
@@ -129,12 +130,31 @@ def test_categories_must_exist_and_be_unique(tiny_data: Path) -> None:
         open_categories([tiny_data, tiny_data], None, 256)
 
 
+def test_presets_are_valid_configs_and_explicit_settings_win() -> None:
+    assert PRESETS["fast"].model == {} and PRESETS["fast"].train == {}  # fast is the defaults
+    for name, preset in PRESETS.items():
+        model, train_cfg = preset_configs(name)
+        assert all(getattr(model, k) == v for k, v in preset.model.items()), name
+        assert all(getattr(train_cfg, k) == v for k, v in preset.train.items()), name
+    model, train_cfg = preset_configs("accurate", {"dim": 64}, {"iterations": 5})
+    assert model.dim == 64 and train_cfg.iterations == 5
+    with pytest.raises(KeyError, match="unknown preset"):
+        preset_configs("best")
+
+
 def test_clis_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data, ckpt, out = tmp_path / "data", tmp_path / "m.pt", tmp_path / "eval.json"
     assert synth_main(["--out", str(data), "--categories", "weave", "--train", "8", "--test-good", "2",
                        "--test-per-defect", "1", "--quiet"]) == 0
     assert train_main(["--data", str(data), "--out", str(ckpt), "--iterations", "6", "--batch-size", "4", "--quiet",
-                       "--set", "dim=32", "heads=2", "layers=2", "prototypes=8"]) == 0
+                       "--preset", "accurate", "--set", "dim=32", "heads=2", "layers=2", "prototypes=8"]) == 0
+    # the preset set what it names, the explicit flags and --set won over it, and its name was kept
+    saved = load_checkpoint(ckpt)
+    accurate = PRESETS["accurate"]
+    assert all(getattr(saved.model_config, k) == v for k, v in accurate.model.items()
+               if k not in ("dim", "heads", "layers", "prototypes"))
+    assert (saved.model_config.dim, saved.model_config.layers) == (32, 2)
+    assert saved.train_info["train_config"]["iterations"] == 6 and saved.train_info["preset"] == "accurate"
     assert eval_main(["--data", str(data), "--checkpoint", str(ckpt), "--json", str(out), "--viz",
                       str(tmp_path / "viz"), "--quiet"]) == 0
     result = json.loads(out.read_text())

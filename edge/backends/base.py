@@ -40,13 +40,14 @@ class ModelInfo:
     backend: str = ""
     device: str = "cpu"
     resize: str = "stretch"  # how a frame is fitted to image_size (proad.data.folder.fit_image)
+    preset: str = ""  # the proad-train preset it was trained from ('' when unknown or older)
 
     @classmethod
     def from_metadata(cls, meta: OnnxMetadata, path: str, backend: str, device: str) -> ModelInfo:
         """What an exported model says about itself (ONNX metadata, also kept in engine sidecars)."""
         resize = str(_model_config(meta).get("resize", "stretch"))  # models from before letterboxing stretched
         return cls(meta.model_id, meta.image_size, meta.threshold, meta.category_thresholds, path, backend, device,
-                   resize)
+                   resize, meta.preset)
 
 
 class Backend(ABC):

@@ -43,6 +43,7 @@ class TorchBackend(Backend):
             backend="torch",
             device=self.device,
             resize=ckpt.model_config.resize,
+            preset=ckpt.train_info.get("preset") or "",
         )
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
