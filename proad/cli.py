@@ -122,7 +122,7 @@ def train_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                   help="starting point: " + "; ".join(f"{p.name}: {p.summary}" for p in PRESETS.values())
+                   help="starting point: " + "; ".join(f"{x.name}: {x.summary}" for x in PRESETS.values())
                    + f" (default {DEFAULT_PRESET}); --model-config, --set and the flags below override it")
     p.add_argument("--model-config", type=Path, help="ModelConfig as JSON or YAML")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override ModelConfig fields")
