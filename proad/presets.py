@@ -34,8 +34,8 @@ PRESETS: dict[str, Preset] = {
         Preset("fast", "the defaults: Lite0 at 256 px, 16x16 tokens; today's speed class"),
         Preset(
             "accurate",
-            "decoder width D = 256 (twice the default): rebuilds normal texture better; about 2.3x the training "
-            "time and a lower frame rate (README, Presets)",
+            "decoder width D = 256 (twice the default): better in one probe run, not in a proad-train run; "
+            "2.3x the training time and a lower frame rate (README, Presets)",
             model={"dim": 256},
         ),
     )
