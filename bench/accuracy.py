@@ -266,7 +266,7 @@ def compare_patchcore(
     train_over: dict[str, Any] = {"shift_copies": shift_copies}
     if iterations is not None:
         train_over["iterations"] = iterations
-    model_cfg, _ = preset_configs(preset, {}, train_over)
+    model_cfg, train_cfg = preset_configs(preset, {}, train_over)
     if checkpoints:
         model_cfg = load_checkpoint(checkpoints[0]).model_config
     folders = open_categories(data, None, model_cfg.image_size, model_cfg.resize)
@@ -276,7 +276,7 @@ def compare_patchcore(
             measured = [_proad_run(path, folders, None) for path in checkpoints]
         else:
             for seed in seeds:
-                model_cfg, cfg = preset_configs(preset, {}, {**train_over, "seed": seed})
+                cfg = train_cfg.model_copy(update={"seed": seed})
                 what = f"preset {preset}, seed {seed}, {cfg.iterations} iterations, {shift_copies} shifted copies"
                 print(f"training Pro-AD on {', '.join(map(str, data))} ({what})", flush=True)
                 t0 = time.perf_counter()
@@ -439,7 +439,7 @@ def main() -> int:
         except (DatasetError, CheckpointError) as exc:  # a wrong --data or --proad-checkpoint: say which, exit 2
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        data = {"machine": machine(), "preset": args.preset, **result}
+        data = {"machine": machine(), **result}
         default_name = "proad_vs_patchcore" + ("" if args.preset == DEFAULT_PRESET else f"_{args.preset}")
         write_results(args.name or default_name, data, compare_table(data))
         return 0
