@@ -52,10 +52,11 @@ from proad.checkpoint import CheckpointError, build_model, load_checkpoint
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import DatasetError
 from proad.data.synth import write_dataset
+from proad.data.tiling import NO_TILING
 from proad.evaluate import evaluate, evaluate_category
 from proad.model import ProAD
 from proad.presets import DEFAULT_PRESET, PRESETS, preset_configs
-from proad.train import open_categories, train
+from proad.train import open_categories, tiles_of, train
 
 #: The generated set the benchmarks rank methods on: proad-synth's training split and a test split
 #: three times its default (60 good images and 24 of each defect per category; the first 20 and 8
@@ -217,6 +218,8 @@ def _proad_run(checkpoint: Path, folders: list, train_s: float | None) -> tuple[
         train_s = float(info["train_seconds"]) + float(info.get("encode_seconds", 0.0))
     trained = info.get("train_config", {})
     model = build_model(ckpt)
+    for folder in folders:  # cut as the model was trained (PatchCore then fits and scores the same tiles)
+        folder.grid = ckpt.category_tiles.get(folder.category, NO_TILING)
     print(f"evaluating Pro-AD {checkpoint.name} (seed {trained.get('seed')})", flush=True)
     result = evaluate(model, folders, ckpt.threshold, info.get("category_thresholds"), progress=False)
     return {"checkpoint": str(checkpoint), "seed": trained.get("seed"), "train_seconds": train_s,
@@ -290,7 +293,7 @@ def compare_patchcore(
         for folder in folders:
             t0 = time.perf_counter()
             pc = PatchCore(model.cfg, coreset_ratio=coreset_ratio, encoder=model.encoder)
-            pc.fit([folder.load(item)[0] for item in folder.train])
+            pc.fit(tiles_of([folder.image(item) for item in folder.train], folder.grid))
             fit_s = time.perf_counter() - t0
             path = Path(tmp) / f"patchcore_{folder.category}.pt"
             torch.save({"bank": pc.bank}, path)
@@ -477,7 +480,7 @@ def main() -> int:
                          log=lambda s: None)
             seconds = time.perf_counter() - t0
         model = build_model(ckpt)
-        folders = open_categories(roots, None, cfg.image_size, cfg.resize)
+        folders = open_categories(roots, None, cfg.image_size, cfg.resize, ckpt.category_tiles)
         result = evaluate(model, folders, ckpt.threshold, ckpt.train_info["category_thresholds"], progress=False)
         data["variants"][name] = {
             "description": desc,

@@ -10,7 +10,10 @@ For each backend (ONNX Runtime, torch) on this machine, at 256x256 with the defa
    connects and never reads (its queue fills, PUB drops for it at the HWM): the daemon must keep
    its throughput;
 4. **daemon at 60 fps**: the same with a 60 fps camera: latency capture -> publish (from the
-   header) and capture -> received, percentiles.
+   header) and capture -> received, percentiles;
+5. **daemon overloaded, 2 x 2 tiles**: as 2 with the camera's frames cut into four inputs
+   (``cameras[].tiles``, what a large-picture category gets): what tiling costs a line, as the
+   share of the backend's rate divided by four that the daemon keeps.
 
 The model is the default architecture, untrained (speed does not depend on the weights); the
 daemon's threshold is set from the backend-alone scores so that a fifth of the frames are NG, as
@@ -73,18 +76,18 @@ def backend_alone(kind: str, model: Path, threads: int, seconds: float, frames: 
 
 def daemon_run(
     kind: str, model: Path, threads: int, seconds: float, fps: float, tmp: Path, threshold: float,
-    stalled: bool = False,
+    stalled: bool = False, tiles: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     cfg = {
         "cameras": [{"id": "cam0", "source": {"kind": "synthetic", "category": "board", "fps": fps, "pool": 32,
-                                              "defect_rate": 0.2}}],
+                                              "defect_rate": 0.2}, "tiles": tiles}],
         "backend": {"kind": kind, "model": str(model), "threads": threads, "device": "cpu", "max_batch": 1},
         "threshold": threshold,  # the untrained model's scores: a fifth NG, each with its JPEG, as on a line
         "publish": {"endpoint": "tcp://127.0.0.1:5565", "hwm": 1000},
         "status": {"endpoint": None},
         "log_level": "WARNING",
     }  # fmt: skip
-    path = tmp / f"{kind}_{fps:g}.json"
+    path = tmp / f"{kind}_{fps:g}{'_tiled' if tiles else ''}.json"
     path.write_text(json.dumps(cfg))
     sub = Subscriber("tcp://127.0.0.1:5565")
     stalled_sub = None
@@ -151,15 +154,17 @@ def main() -> int:
             flat = daemon_run(kind, model, args.threads, args.seconds, round(2 * alone), tmp, thr)
             stall = daemon_run(kind, model, args.threads, args.seconds, round(2 * alone), tmp, thr, stalled=True)
             paced = daemon_run(kind, model, args.threads, args.seconds, 60.0, tmp, thr)
+            tiled = daemon_run(kind, model, args.threads, args.seconds, round(alone / 2), tmp, thr, tiles=(2, 2))
             row = {"backend": kind, "backend_alone_fps": alone, "daemon_fps": flat["fps"],
                    "ratio": flat["fps"] / alone, "daemon_fps_stalled_subscriber": stall["fps"],
                    "stalled_ratio": stall["fps"] / flat["fps"], "flat_out": flat, "stalled_subscriber": stall,
-                   "at_60fps": paced}  # fmt: skip
+                   "at_60fps": paced, "tiled_2x2": tiled, "tiled_ratio": 4 * tiled["fps"] / alone}  # fmt: skip
             rows.append(row)
             print(f"{kind}: backend alone {alone:.1f} img/s, daemon {flat['fps']:.1f} FPS ({row['ratio']:.0%}), "
                   f"with a stalled subscriber {stall['fps']:.1f} FPS ({row['stalled_ratio']:.0%}); "
                   f"at 60 fps: {paced['fps']:.1f} FPS, p50/p99 capture->publish "
-                  f"{paced['latency_publish_ms']['p50']:.1f}/{paced['latency_publish_ms']['p99']:.1f} ms", flush=True)
+                  f"{paced['latency_publish_ms']['p50']:.1f}/{paced['latency_publish_ms']['p99']:.1f} ms; "
+                  f"2x2 tiles: {tiled['fps']:.1f} FPS ({row['tiled_ratio']:.0%} of alone / 4)", flush=True)
     data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rows": rows}
     lines = [
         "# Daemon end to end vs backend alone",
@@ -168,8 +173,9 @@ def main() -> int:
         f"model, 256x256, synthetic board camera, loopback ZeroMQ, {data['machine']['date']}.",
         "",
         "| backend | backend alone img/s | daemon overloaded FPS | daemon / alone | ... with a subscriber that never "
-        "reads: FPS (vs without) | at 60 fps: FPS | capture->publish p50 / p99 ms | capture->received p50 / p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "reads: FPS (vs without) | at 60 fps: FPS | capture->publish p50 / p99 ms | capture->received p50 / p99 ms | "
+        "2x2 tiles overloaded: FPS (vs alone / 4) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a = r["at_60fps"]
@@ -177,7 +183,8 @@ def main() -> int:
             f"| {r['backend']} | {r['backend_alone_fps']:.1f} | {r['daemon_fps']:.1f} | {r['ratio']:.0%} | "
             f"{r['daemon_fps_stalled_subscriber']:.1f} ({r['stalled_ratio']:.0%}) | {a['fps']:.1f} | "
             f"{a['latency_publish_ms']['p50']:.1f} / {a['latency_publish_ms']['p99']:.1f} | "
-            f"{a['latency_received_ms']['p50']:.1f} / {a['latency_received_ms']['p99']:.1f} |"
+            f"{a['latency_received_ms']['p50']:.1f} / {a['latency_received_ms']['p99']:.1f} | "
+            + (f"{r['tiled_2x2']['fps']:.1f} ({r['tiled_ratio']:.0%}) |" if "tiled_2x2" in r else "- |")
         )
     lines += ["", "Overloaded: the camera offers twice the backend-alone rate and the daemon drops the oldest waiting "
               "frame (counted); the daemon's FPS is what a subscriber received per second."]

@@ -146,13 +146,14 @@ def run_variant(name: str, cfg: ModelConfig, iterations: int, photometric: bool,
         "model_config": cfg.model_dump(mode="json", exclude_defaults=True),
         "photometric": photometric,
         "iterations": iterations,
+        "seed": seed,
         "train_seconds": round(time.perf_counter() - t0, 1),
         "categories": {},
     }
     model.eval()
     MODELS.mkdir(parents=True, exist_ok=True)
     torch.save({"model_config": cfg.model_dump(mode="json"), "state": model.trainable_state_dict()},
-               MODELS / f"{_slug(name)}_{iterations}.pt")
+               MODELS / f"{_slug(name)}_{iterations}{f'_seed{seed}' if seed else ''}.pt")
     with torch.no_grad():
         for cat, d in data.items():
             maps = []
@@ -204,6 +205,7 @@ def table(runs: list[dict[str, Any]]) -> str:
             cells.append(f"{v['image_auroc']:.3f} ({v['image_auroc_max']:.3f}) / {v['pixel_auroc']:.3f}")
             cells.append(" ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(v["train_error"], v["test_error"], strict=True)))
         label = r["variant"] + (" +photometric" if r.get("photometric") else "")
+        label += f", seed {r['seed']}" if r.get("seed") else ""  # runs before seeds were recorded: seed 0
         lines.append(f"| {label} | {r['iterations']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

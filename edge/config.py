@@ -72,6 +72,11 @@ class CameraConfig(_Strict):
     source: SourceConfig
     category: str | None = Field(None, description="what this camera inspects: use the model's threshold for it")
     threshold: float | None = Field(None, description="this camera's OK/NG threshold (overrides the model's)")
+    tiles: tuple[Annotated[int, Field(ge=1, le=8)], Annotated[int, Field(ge=1, le=8)]] | None = Field(
+        None,
+        description="cut each frame into rows x cols model inputs, maps stitched back (proad.data.tiling); "
+                    "default: the model's tiling of the camera's category, else none",
+    )  # fmt: skip
     reconnect_initial_s: float = Field(0.5, gt=0, description="first wait before reopening a lost camera")
     reconnect_max_s: float = Field(10.0, gt=0, description="longest wait between reopen attempts")
 

@@ -8,7 +8,9 @@ Threads joined by bounded queues, data flowing one way:
   the capture thread wait for room instead: nothing dropped, for files and replays). A camera that
   fails is reopened with exponential backoff, and each reopen is counted and logged;
 - one **inference** thread takes up to ``max_batch`` frames across cameras and runs the backend
-  (the heavy work releases the GIL);
+  (the heavy work releases the GIL); a tiled camera's frame (``cameras[].tiles`` or the model's
+  tiling of its category, :mod:`proad.data.tiling`) is cut into its tiles there and its map
+  stitched back, exactly as the model's training pictures were;
 - one **output** thread thresholds, encodes and publishes each result in order, giving each camera
   contiguous ``seq`` numbers; an NG is first written to the spool (when the NG channel is on), so
   every NG anyone saw is on disk; with the fail-safe on, it also publishes the fail-safe NG of any
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import zmq
 
+from proad.data.tiling import NO_TILING, Grid, infer_tiled
 from proad.edge.backends import Backend, ModelLoadError, load_backend
 from proad.edge.config import CameraConfig, PipelineConfig
 from proad.edge.failsafe import InspectionWindows
@@ -78,7 +81,9 @@ class Daemon:
         self.telemetry = Telemetry({"model_id": info.model_id, "backend": info.backend, "device": info.device,
                                     "path": info.path, "preset": info.preset, "run_id": self.run_id})  # fmt: skip
         self.thresholds = {c.id: self._threshold(c) for c in cfg.cameras}
-        self.map_shape = (info.image_size, info.image_size)
+        self.grids = {c.id: self._grid(c) for c in cfg.cameras}
+        size = info.image_size
+        self.map_shapes = {cam: (rows * size, cols * size) for cam, (rows, cols) in self.grids.items()}
         self.frames = FrameQueues([c.id for c in cfg.cameras], cfg.queues.frames_per_camera,
                                   wait=cfg.queues.when_full == "wait")
         self.results: queue.Queue = queue.Queue(cfg.queues.results)
@@ -161,9 +166,19 @@ class Daemon:
             return known[cam.category]
         return self.backend.info.threshold
 
+    def _grid(self, cam: CameraConfig) -> Grid:
+        """How the camera's frames are cut into model inputs: the camera's own tiles > the model's
+        for the camera's category > none."""
+        if cam.tiles is not None:
+            return cam.tiles
+        if cam.category is not None:
+            return self.backend.info.category_tiles.get(cam.category, NO_TILING)
+        return NO_TILING
+
     # -- stages --------------------------------------------------------------------------------
     def _capture(self, cam: CameraConfig) -> None:
         source, size, resize = self.sources[cam.id], self.backend.info.image_size, self.backend.info.resize
+        grid = self.grids[cam.id]
         backoff, is_open, index = cam.reconnect_initial_s, False, 0
         while not self.stopping.is_set():
             try:
@@ -190,7 +205,7 @@ class Daemon:
             capture_mono, capture_ts = time.perf_counter(), time.time()
             self.telemetry.count("frames_in", cam.id)
             try:
-                image = prepare(raw, size, resize)
+                image = prepare(raw, size, resize, grid)
             except CorruptFrame as exc:
                 self.telemetry.drop(cam.id, "corrupt")
                 log.warning("camera %s frame %d: %s (skipped)", cam.id, index, exc)
@@ -207,7 +222,7 @@ class Daemon:
         source.close()
 
     def _infer(self) -> None:
-        max_batch = self.backend.max_batch
+        max_batch, size = self.backend.max_batch, self.backend.info.image_size
         while True:
             batch = self.frames.take(max_batch, timeout=0.2)
             if batch is None:
@@ -216,8 +231,8 @@ class Daemon:
                 continue
             t0 = time.perf_counter()
             try:
-                images = batch[0].image[None] if len(batch) == 1 else np.stack([f.image for f in batch])
-                maps, scores = self.backend.infer(images)
+                # a tiled camera's frame is several inputs; its map comes back stitched
+                maps, scores = infer_tiled(self.backend.infer, [f.image for f in batch], size, max_batch)
             except Exception:
                 self.telemetry.event("backend_errors")
                 for f in batch:
@@ -264,7 +279,7 @@ class Daemon:
     def _publish_failsafe(self, frame: Frame, reason: str, seq: defaultdict[str, int]) -> None:
         cam = frame.camera_id
         header, amap, jpeg = failsafe_result(frame, reason, seq[cam], self._result_id(cam, seq[cam]),
-                                             self.thresholds[cam], self.backend.info.model_id, self.map_shape,
+                                             self.thresholds[cam], self.backend.info.model_id, self.map_shapes[cam],
                                              self.cfg.publish)  # fmt: skip
         log.warning("camera %s frame %d: no result in time (%s): published NG", cam, frame.frame_index, reason)
         self.telemetry.failsafe_ng(cam, reason)
@@ -317,6 +332,9 @@ class Daemon:
         log.info("running %d camera(s) with %s (%s) model %s (preset %s, %d px, %s); publishing on %s",
                  len(self.capture_threads), info.backend, info.device, info.model_id, info.preset or "unnamed",
                  info.image_size, info.resize, self.publisher.endpoint)
+        for cam, (rows, cols) in self.grids.items():
+            if (rows, cols) != NO_TILING:
+                log.info("camera %s: each frame cut into %dx%d tiles (%d inferences)", cam, rows, cols, rows * cols)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the cameras, finish and publish every queued frame, close the sockets."""

@@ -13,15 +13,17 @@ import cv2
 import numpy as np
 
 from proad.data.folder import fit_image
+from proad.data.tiling import NO_TILING, Grid
 
 
 class CorruptFrame(ValueError):
     """The frame cannot be used; the message says why."""
 
 
-def prepare(image: object, size: int, resize: str = "stretch") -> np.ndarray:
+def prepare(image: object, size: int, resize: str = "stretch", grid: Grid = NO_TILING) -> np.ndarray:
     """A contiguous uint8 ``[size, size, 3]`` BGR frame fitted by the model's ``resize`` rule
-    (the function training used), or :class:`CorruptFrame`."""
+    (the function training used), or :class:`CorruptFrame`. A tiled camera's frame is
+    ``rows * size`` x ``cols * size``, cut into inputs at inference (:mod:`proad.data.tiling`)."""
     if not isinstance(image, np.ndarray):
         raise CorruptFrame(f"not an image array ({type(image).__name__})")
     if image.size == 0 or image.ndim not in (2, 3) or min(image.shape[:2]) < 8:
@@ -38,4 +40,4 @@ def prepare(image: object, size: int, resize: str = "stretch") -> np.ndarray:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     elif image.shape[2] != 3:
         raise CorruptFrame(f"{image.shape[2]} channels, expected 1, 3 or 4")
-    return np.ascontiguousarray(fit_image(image, size, resize))
+    return np.ascontiguousarray(fit_image(image, size, resize, grid=grid))

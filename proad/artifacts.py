@@ -58,6 +58,9 @@ class OnnxMetadata(BaseModel):
     input_layout: str = "uint8 NHWC BGR"
     image_size: int
     preset: str = Field("", description="the proad-train preset the model was trained from ('' before presets)")
+    category_tiles: dict[str, tuple[int, int]] = Field(
+        default_factory=dict, description="categories cut into (rows, cols) tiles (proad.data.tiling)"
+    )
 
     def to_props(self) -> dict[str, str]:
         out = {}

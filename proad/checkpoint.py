@@ -28,13 +28,14 @@ from pydantic import ValidationError
 
 from proad.artifacts import file_sha256
 from proad.config import ModelConfig, format_validation_error
+from proad.data.tiling import Grid
 
 FORMAT = "proad-checkpoint"
 VERSION = 1
 #: Model options added after checkpoints were first written, with the value those checkpoints were
 #: trained under. A stored config is complete, so a missing key means the option did not exist
 #: yet; the current default (``feature_pool`` 3) would run an old model with pooling it never saw.
-LEGACY_MODEL_DEFAULTS: dict[str, object] = {"feature_pool": 1, "resize": "stretch"}
+LEGACY_MODEL_DEFAULTS: dict[str, object] = {"feature_pool": 1, "resize": "stretch", "tile_max_shrink": None}
 
 
 class CheckpointError(ValueError):
@@ -51,6 +52,12 @@ class Checkpoint:
     normalisation: dict[str, Any] = field(default_factory=dict)
     train_info: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
+
+    @property
+    def category_tiles(self) -> dict[str, Grid]:
+        """Each category's tiling (rows, cols) as it was trained (:mod:`proad.data.tiling`);
+        categories not in it, and every category of a model from before tiling, are not tiled."""
+        return {name: (int(g[0]), int(g[1])) for name, g in self.train_info.get("category_tiles", {}).items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -194,7 +194,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, ckpt = load_model(args.checkpoint)
-    folders = open_categories(args.data, args.categories, ckpt.model_config.image_size, ckpt.model_config.resize)
+    cfg = ckpt.model_config
+    folders = open_categories(args.data, args.categories, cfg.image_size, cfg.resize, ckpt.category_tiles)
     per_cat = None if args.threshold is not None else ckpt.train_info.get("category_thresholds")
     threshold = args.threshold if args.threshold is not None else ckpt.threshold
     result = evaluate(model, folders, threshold, per_cat, args.viz, progress=not args.quiet)

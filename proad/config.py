@@ -48,6 +48,13 @@ class ModelConfig(_Strict):
         description="how a picture of another size or aspect becomes the square input: stretch squashes it, "
                     "letterbox keeps its aspect and mirrors it into the rest (proad.data.folder.fit_image)",
     )  # fmt: skip
+    tile_max_shrink: float | None = Field(
+        2.0, ge=1.0,
+        description="tiling of large pictures (proad.data.tiling): a category whose training pictures would be "
+                    "shrunk more than this many times to the input is cut into a grid of input-sized tiles, its "
+                    "maps stitched back; None = never tile",
+    )  # fmt: skip
+    tile_max_grid: int = Field(2, ge=1, le=4, description="at most this many tiles a side (rows x cols inferences)")
     grid_stride: int = Field(16, description="token grid stride: 256 px / 16 = a 16x16 grid (N = 256 tokens)")
 
     feature_pool: int = Field(

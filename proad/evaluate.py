@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from proad.data.folder import MVTecFolder
+from proad.data.tiling import infer_tiled
 from proad.metrics import METRIC_NAMES, compute_metrics
 from proad.viz import overlay
 
@@ -27,17 +28,21 @@ from proad.viz import overlay
 def predict(
     model: torch.nn.Module, images: Sequence[np.ndarray], batch: int = 16
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(maps ``[N, H, W]`` float32, scores ``[N]``, seconds per image) of uint8 BGR images."""
+    """(maps ``[N, H, W]`` float32, scores ``[N]``, seconds per image) of uint8 BGR images.
+
+    Images larger than the model's input are a grid of input-sized tiles (a tiled category's
+    pictures, :mod:`proad.data.tiling`): their maps come back stitched, their scores the largest
+    tile's, through the same :func:`~proad.data.tiling.infer_tiled` the edge daemon uses."""
     model.eval()
-    maps, scores = [], []
+
+    def infer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        amap, score = model(torch.from_numpy(x))
+        return amap.numpy(), score.numpy()
+
     t0 = time.perf_counter()
-    for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.stack(images[start : start + batch]))
-        amap, score = model(x)
-        maps.append(amap.numpy())
-        scores.append(score.numpy())
+    maps, scores = infer_tiled(infer, images, model.cfg.image_size, batch)
     per_image = (time.perf_counter() - t0) / max(1, len(images))
-    return np.concatenate(maps), np.concatenate(scores), per_image
+    return np.stack(maps), scores, per_image
 
 
 def evaluate_category(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -31,6 +31,7 @@ import torch
 from proad.checkpoint import Checkpoint, CheckpointError, atomic_save, save_checkpoint
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import DatasetError, MVTecFolder, list_categories
+from proad.data.tiling import NO_TILING, Grid, auto_grid, split_tiles
 from proad.loss import proad_loss
 from proad.model import ProAD
 
@@ -47,9 +48,16 @@ class Split:
 
 
 def open_categories(
-    roots: Sequence[str | Path], categories: Sequence[str] | None, image_size: int, resize: str = "stretch"
+    roots: Sequence[str | Path],
+    categories: Sequence[str] | None,
+    image_size: int,
+    resize: str = "stretch",
+    grids: Mapping[str, Sequence[int]] | None = None,
 ) -> list[MVTecFolder]:
-    """Every requested category across the dataset roots (names must be unique across roots)."""
+    """Every requested category across the dataset roots (names must be unique across roots).
+
+    ``grids``: a category's tiling (rows, cols), as a checkpoint's ``train_info.category_tiles``
+    holds it; categories not in it are not tiled."""
     found: dict[str, MVTecFolder] = {}
     for root in roots:
         for name in list_categories(root):
@@ -57,7 +65,8 @@ def open_categories(
                 continue
             if name in found:
                 raise DatasetError(f"category {name!r} exists in both {found[name].root} and {root}")
-            found[name] = MVTecFolder(root, name, image_size, resize)
+            grid = tuple((grids or {}).get(name, NO_TILING))
+            found[name] = MVTecFolder(root, name, image_size, resize, (int(grid[0]), int(grid[1])))
     if categories:
         missing = [c for c in categories if c not in found]
         if missing:
@@ -65,6 +74,22 @@ def open_categories(
     if not found:
         raise DatasetError(f"no categories found under {', '.join(map(str, roots))}")
     return list(found.values())
+
+
+def choose_grids(folders: Sequence[MVTecFolder], cfg: ModelConfig) -> dict[str, Grid]:
+    """Each category's tiling from the native size of its training pictures
+    (:func:`proad.data.tiling.auto_grid`), set on its folder and returned as the checkpoint keeps it."""
+    for folder in folders:
+        height, width = folder.native_size()
+        folder.grid = auto_grid(height, width, cfg.image_size, cfg.tile_max_shrink, cfg.tile_max_grid)
+    return {f.category: f.grid for f in folders}
+
+
+def tiles_of(images: Sequence[np.ndarray], grid: Grid) -> list[np.ndarray]:
+    """Every picture's tiles, picture after picture (one tile each when not tiled)."""
+    if grid == NO_TILING:
+        return list(images)
+    return [tile for image in images for tile in split_tiles(image, grid)]
 
 
 def split_holdout(folder: MVTecFolder, fraction: float, seed: int) -> Split:
@@ -178,6 +203,10 @@ def train(
 
     t0 = time.perf_counter()
     folders = open_categories(roots, categories, model_cfg.image_size, model_cfg.resize)
+    grids = choose_grids(folders, model_cfg)
+    for name, (rows, cols) in grids.items():
+        if (rows, cols) != NO_TILING:
+            log(f"{name}: pictures cut into {rows}x{cols} tiles of {model_cfg.image_size} px (tile_max_shrink)")
     splits = [split_holdout(f, train_cfg.holdout_fraction, train_cfg.seed) for f in folders]
     torch.manual_seed(train_cfg.seed)
     model = ProAD(model_cfg)
@@ -185,13 +214,14 @@ def train(
     fit_feats: list[list[torch.Tensor]] = []
     holdout_feats: dict[str, list[torch.Tensor]] = {}
     for s in tqdm(splits, desc="encode categories", unit="cat", disable=not progress):
-        name = s.folder.category
+        name, grid = s.folder.category, s.folder.grid
         imgs = [s.folder.image(s.folder.train[i]) for i in s.fit + s.holdout]
         if train_cfg.shift_copies:
             imgs += shifted_copies(imgs[: len(s.fit)], train_cfg.shift_copies, train_cfg.shift_pixels, train_cfg.seed)
-        feats = encode(model, imgs, desc=name, progress=progress)
-        # rows: fitted images, held-out images, then the fitted images' shifted copies
-        fit_end, holdout_end = len(s.fit), len(s.fit) + len(s.holdout)
+        feats = encode(model, tiles_of(imgs, grid), desc=name, progress=progress)
+        # rows: fitted images' tiles, held-out images' tiles, then the fitted images' shifted copies'
+        n = grid[0] * grid[1]
+        fit_end, holdout_end = len(s.fit) * n, (len(s.fit) + len(s.holdout)) * n
         fit_feats.append([torch.cat([f[:fit_end], f[holdout_end:]]) for f in feats])
         holdout_feats[name] = [f[fit_end:holdout_end] for f in feats]
     cache = [torch.cat(level) for level in zip(*fit_feats, strict=True)]
@@ -245,7 +275,10 @@ def train(
     bar.close()
     t_train = time.perf_counter() - t1
 
-    holdout_scores = {name: score_cached(model, f)[1] for name, f in holdout_feats.items() if f[0].shape[0]}
+    holdout_scores = {  # a tiled picture scores its largest tile's score, as in evaluation and on the line
+        name: score_cached(model, f)[1].reshape(-1, grids[name][0] * grids[name][1]).max(1)
+        for name, f in holdout_feats.items() if f[0].shape[0]
+    }  # fmt: skip
     if holdout_scores:
         threshold, per_cat = calibrate(holdout_scores, train_cfg.target_false_alarm)
         n_holdout = sum(map(len, holdout_scores.values()))
@@ -274,6 +307,7 @@ def train(
             "preset": preset,
             "categories": {s.folder.category: {"fit": len(s.fit), "holdout": len(s.holdout)} for s in splits},
             "category_thresholds": per_cat,
+            "category_tiles": {name: list(grid) for name, grid in grids.items()},
             "threshold_source": source,
             "train_config": train_cfg.model_dump(mode="json"),
             "encode_seconds": round(t_encode, 1),

@@ -287,3 +287,26 @@ def test_torch_backend_agrees_with_onnxruntime(board_model, backend) -> None:
     m2, s2 = backend.infer(frames)
     np.testing.assert_allclose(s1, s2, atol=1e-4)
     np.testing.assert_allclose(m1, m2, atol=1e-4)
+
+
+def test_a_tiled_camera_publishes_stitched_maps_beside_a_plain_one(board_model, backend) -> None:
+    """A camera with ``tiles: [2, 2]`` shares batches with an untiled one: its frames are fitted to
+    512 x 512, inferred as four tiles, published with the stitched map and the worst tile's score."""
+    from proad.data.tiling import infer_tiled
+    from proad.edge.preprocess import prepare
+
+    tiled = {**camera("tiled", fps=60, max_frames=6, pool=6, seed=3, defect_rate=0.5), "tiles": [2, 2]}
+    cfg = config(board_model[1], [tiled, camera("plain", fps=60, max_frames=6, pool=6, seed=4)], queues=LOSSLESS)
+    daemon = Daemon(cfg, backend=backend)
+    assert daemon.grids == {"tiled": (2, 2), "plain": (1, 1)}
+    (results,) = run_to_end(daemon, [connect(daemon)])
+    by_cam = {cam: [r for r in results if r.header.camera_id == cam] for cam in ("tiled", "plain")}
+    assert [r.header.seq for r in by_cam["tiled"]] == list(range(6)) and len(by_cam["plain"]) == 6
+    assert all(r.map.shape == (512, 512) and r.header.map_shape == (512, 512) for r in by_cam["tiled"])
+    assert all(r.map.shape == (256, 256) for r in by_cam["plain"])
+    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.5, pool=6, seed=3, fps=1000))
+    cam.open()
+    frames = [prepare(img, 256, backend.info.resize, (2, 2)) for img, _ in cam.pool]
+    _, scores = infer_tiled(backend.infer, frames, 256, backend.max_batch)
+    for r in by_cam["tiled"]:
+        assert r.header.score == pytest.approx(float(scores[r.header.frame_index % 6]), abs=1e-4)

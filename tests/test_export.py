@@ -235,3 +235,36 @@ def test_a_letterboxing_pooled_model_carries_its_geometry_to_the_edge(
     with torch.no_grad():
         ref_map, ref_score = model.eval()(torch.from_numpy(frame[None]))
     assert np.allclose(amap, ref_map.numpy(), atol=1e-4) and np.allclose(score, ref_score.numpy(), atol=1e-4)
+
+
+def test_a_tiled_category_reaches_the_edge_and_infers_as_in_evaluation(tmp_path: Path, small_cfg: ModelConfig) -> None:
+    """A category's tiling travels checkpoint -> ONNX metadata -> ModelInfo; the daemon's
+    preprocessing of a large frame is the evaluation's pixel for pixel, and its tiled inference
+    through ONNX Runtime gives evaluation's stitched map and score."""
+    from proad.data.folder import fit_image
+    from proad.edge.backends import load_backend
+    from proad.edge.config import BackendConfig
+    from proad.edge.preprocess import prepare
+    from proad.evaluate import predict
+
+    torch.manual_seed(6)
+    model = ProAD(small_cfg)
+    ckpt = tmp_path / "tiled.pt"
+    info = {"category_tiles": {"marble": [2, 2], "board": [1, 1]}}
+    save_checkpoint(Checkpoint(small_cfg, model.trainable_state_dict(), 0.4, train_info=info), ckpt)
+    export_onnx(ckpt, tmp_path / "tiled.onnx")
+    assert read_metadata(tmp_path / "tiled.onnx").category_tiles == {"marble": (2, 2)}  # untiled ones left out
+    backend = load_backend(BackendConfig(model=str(tmp_path / "tiled.onnx"), threads=2, max_batch=3))
+    assert backend.info.category_tiles == {"marble": (2, 2)}
+    torch_backend = load_backend(BackendConfig(kind="torch", model=str(ckpt), threads=2))
+    assert torch_backend.info.category_tiles == {"marble": (2, 2)}
+
+    from proad.data.tiling import infer_tiled
+
+    raw = np.random.default_rng(3).integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    frame = prepare(raw, 256, backend.info.resize, (2, 2))
+    assert np.array_equal(frame, fit_image(raw, 256, backend.info.resize, grid=(2, 2)))  # what evaluation reads
+    maps, scores = infer_tiled(backend.infer, [frame], 256, backend.max_batch)
+    ref_maps, ref_scores, _ = predict(model, [frame])
+    assert maps[0].shape == (512, 512)
+    assert np.allclose(maps[0], ref_maps[0], atol=1e-4) and np.allclose(scores, ref_scores, atol=1e-4)

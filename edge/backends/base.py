@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from proad.artifacts import OnnxMetadata
+from proad.data.tiling import Grid
 
 
 class ModelLoadError(RuntimeError):
@@ -41,13 +42,14 @@ class ModelInfo:
     device: str = "cpu"
     resize: str = "stretch"  # how a frame is fitted to image_size (proad.data.folder.fit_image)
     preset: str = ""  # the proad-train preset it was trained from ('' when unknown or older)
+    category_tiles: dict[str, Grid] = field(default_factory=dict)  # tiled categories (proad.data.tiling)
 
     @classmethod
     def from_metadata(cls, meta: OnnxMetadata, path: str, backend: str, device: str) -> ModelInfo:
         """What an exported model says about itself (ONNX metadata, also kept in engine sidecars)."""
         resize = str(_model_config(meta).get("resize", "stretch"))  # models from before letterboxing stretched
         return cls(meta.model_id, meta.image_size, meta.threshold, meta.category_thresholds, path, backend, device,
-                   resize, meta.preset)
+                   resize, meta.preset, dict(meta.category_tiles))
 
 
 class Backend(ABC):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from proad.data.tiling import NO_TILING
 from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError
 from proad.edge.config import BackendConfig
 
@@ -44,6 +45,7 @@ class TorchBackend(Backend):
             device=self.device,
             resize=ckpt.model_config.resize,
             preset=ckpt.train_info.get("preset") or "",
+            category_tiles={name: grid for name, grid in ckpt.category_tiles.items() if grid != NO_TILING},
         )
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

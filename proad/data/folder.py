@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from proad.data.tiling import NO_TILING, Grid
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -72,12 +74,13 @@ def _read_raw(path: Path) -> np.ndarray:
 RESIZE_MODES = ("stretch", "letterbox")
 
 
-def letterbox_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """Where a ``height`` x ``width`` picture lies inside the letterboxed ``size`` square:
-    ``(top, left, content height, content width)``."""
-    scale = size / max(height, width)
-    h, w = max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))
-    return (size - h) // 2, (size - w) // 2, h, w
+def letterbox_box(height: int, width: int, size: int, grid: Grid = NO_TILING) -> tuple[int, int, int, int]:
+    """Where a ``height`` x ``width`` picture lies inside the letterboxed ``grid`` of ``size`` squares
+    (one square by default): ``(top, left, content height, content width)``."""
+    out_h, out_w = grid[0] * size, grid[1] * size
+    scale = min(out_h / height, out_w / width)
+    h, w = max(1, min(out_h, round(height * scale))), max(1, min(out_w, round(width * scale)))
+    return (out_h - h) // 2, (out_w - w) // 2, h, w
 
 
 def _resize(img: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
@@ -89,34 +92,41 @@ def _resize(img: np.ndarray, width: int, height: int, nearest: bool = False) -> 
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def fit_image(img: np.ndarray, size: int, resize: str = "stretch", nearest: bool = False) -> np.ndarray:
+def fit_image(
+    img: np.ndarray, size: int, resize: str = "stretch", nearest: bool = False, grid: Grid = NO_TILING
+) -> np.ndarray:
     """The one preprocessing of training, evaluation, export and the edge daemon: any picture to
     ``size`` x ``size`` (INTER_AREA when shrinking, linear when enlarging, nearest for masks), by
-    ``resize`` (:data:`RESIZE_MODES`)."""
+    ``resize`` (:data:`RESIZE_MODES`). With a tiling ``grid`` (rows, cols) the target is
+    ``rows * size`` x ``cols * size``, to be cut by :func:`proad.data.tiling.split_tiles`."""
+    out_h, out_w = grid[0] * size, grid[1] * size
     if resize == "stretch":
-        return _resize(img, size, size, nearest)
+        return _resize(img, out_w, out_h, nearest)
     if resize != "letterbox":
         raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-    top, left, h, w = letterbox_box(img.shape[0], img.shape[1], size)
+    top, left, h, w = letterbox_box(img.shape[0], img.shape[1], size, grid)
     inner = _resize(img, w, h, nearest)
-    if (h, w) == (size, size):
+    if (h, w) == (out_h, out_w):
         return inner
     border = cv2.BORDER_CONSTANT if nearest else cv2.BORDER_REFLECT_101  # masks: padding is not a defect
-    return cv2.copyMakeBorder(inner, top, size - h - top, left, size - w - left, border, value=0)
+    return cv2.copyMakeBorder(inner, top, out_h - h - top, left, out_w - w - left, border, value=0)
 
 
-def read_image(path: Path, size: int, resize: str = "stretch") -> np.ndarray:
-    """A BGR uint8 image fitted to ``size``x``size`` (:func:`fit_image`)."""
-    return fit_image(_read_raw(path), size, resize)
+def read_image(path: Path, size: int, resize: str = "stretch", grid: Grid = NO_TILING) -> np.ndarray:
+    """A BGR uint8 image fitted to ``size``x``size`` (or a tiling ``grid`` of them; :func:`fit_image`)."""
+    return fit_image(_read_raw(path), size, resize, grid=grid)
 
 
 class MVTecFolder:
     """One category of an MVTec-AD-layout dataset."""
 
-    def __init__(self, root: str | Path, category: str, image_size: int = 256, resize: str = "stretch") -> None:
+    def __init__(
+        self, root: str | Path, category: str, image_size: int = 256, resize: str = "stretch", grid: Grid = NO_TILING
+    ) -> None:
         self.root = Path(root)
         self.category = category
         self.image_size = image_size
+        self.grid = grid  # tiles (rows, cols) each picture is fitted to (proad.data.tiling)
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         self.resize = resize
@@ -145,16 +155,24 @@ class MVTecFolder:
                 return folder / name
         raise DatasetError(f"no mask for {image} (looked for {folder}/{image.stem}_mask.png)")
 
+    def native_size(self, sample: int = 32) -> tuple[int, int]:
+        """Median (height, width) of up to ``sample`` training pictures as stored, evenly spaced
+        (what :func:`proad.data.tiling.auto_grid` decides the tiling from)."""
+        picks = self.train[:: max(1, len(self.train) // sample)][:sample]
+        shapes = np.array([_read_raw(item.path).shape[:2] for item in picks])
+        return int(np.median(shapes[:, 0])), int(np.median(shapes[:, 1]))
+
     def image(self, item: Item) -> np.ndarray:
-        """BGR uint8 at the model's size."""
-        return read_image(item.path, self.image_size, self.resize)
+        """BGR uint8 at the model's size (times the tiling grid)."""
+        return read_image(item.path, self.image_size, self.resize, self.grid)
 
     def load(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
-        """(BGR uint8 image, boolean mask) at the model's size; the mask is all False for good images."""
-        size = self.image_size
+        """(BGR uint8 image, boolean mask) at the model's size (times the tiling grid); the mask is all
+        False for good images."""
+        size, grid = self.image_size, self.grid
         raw = _read_raw(item.path)
         if item.mask_path is None:
-            return fit_image(raw, size, self.resize), np.zeros((size, size), bool)
+            return fit_image(raw, size, self.resize, grid=grid), np.zeros((grid[0] * size, grid[1] * size), bool)
         m = cv2.imread(str(item.mask_path), cv2.IMREAD_GRAYSCALE)
         if m is None or m.size == 0:
             raise DatasetError(f"cannot read mask {item.mask_path}")
@@ -162,7 +180,9 @@ class MVTecFolder:
             raise DatasetError(
                 f"mask {item.mask_path} is {m.shape[1]}x{m.shape[0]} but its image is {raw.shape[1]}x{raw.shape[0]}"
             )
-        return fit_image(raw, size, self.resize), fit_image(m, size, self.resize, nearest=True) > 127
+        return fit_image(raw, size, self.resize, grid=grid), fit_image(m, size, self.resize, True, grid) > 127
 
     def __repr__(self) -> str:
-        return f"MVTecFolder({str(self.root)!r}, {self.category!r}: {len(self.train)} train, {len(self.test)} test)"
+        tiles = "" if self.grid == NO_TILING else f", {self.grid[0]}x{self.grid[1]} tiles"
+        counts = f"{len(self.train)} train, {len(self.test)} test"
+        return f"MVTecFolder({str(self.root)!r}, {self.category!r}: {counts}{tiles})"
