@@ -70,6 +70,7 @@ def evaluate_category(
         missed_at_threshold=int((~decisions & (labels == 1)).sum()),
         false_alarms_at_threshold=int((decisions & (labels == 0)).sum()),
         ms_per_image=round(per_image * 1000, 2),
+        tiles=list(folder.grid),  # (rows, cols) each picture was cut into (proad.data.tiling)
     )
     if viz_dir is not None:
         _write_overlays(viz_dir / folder.category, folder, images, masks, maps, scores, labels, threshold, viz_count)
@@ -127,7 +128,9 @@ def at_threshold_lines(result: dict[str, Any]) -> str:
             continue
         bad, good = r["defective"], r["images"] - r["defective"]
         missed, alarms = r["missed_at_threshold"], r["false_alarms_at_threshold"]
-        lines.append(f"{name}: at threshold {r['threshold']:.4g}, {missed} of {bad} defective missed "
+        rows, cols = r.get("tiles", (1, 1))
+        tiled = f" ({rows}x{cols} tiles a picture)" if rows * cols > 1 else ""
+        lines.append(f"{name}{tiled}: at threshold {r['threshold']:.4g}, {missed} of {bad} defective missed "
                      f"({missed / max(1, bad):.1%}), {alarms} of {good} good rejected ({alarms / max(1, good):.1%})")
     return "\n".join(lines)
 

@@ -79,7 +79,7 @@ def test_a_large_picture_category_trains_calibrates_and_evaluates_on_tiles(tmp_p
     from proad.checkpoint import build_model, load_checkpoint
     from proad.config import TrainConfig
     from proad.data.synth import write_dataset
-    from proad.evaluate import evaluate, predict
+    from proad.evaluate import at_threshold_lines, evaluate, predict
     from proad.train import encode, normal_threshold, open_categories, score_cached, split_holdout, tiles_of, train
 
     root = write_dataset(tmp_path / "data", ("marble",), train=12, test_good=2, test_per_defect=1, progress=False,
@@ -105,5 +105,7 @@ def test_a_large_picture_category_trains_calibrates_and_evaluates_on_tiles(tmp_p
     assert np.allclose(maps[0][256:, :256], alone_map[0].numpy(), atol=1e-5)  # tile (1, 0) where it was
     assert scores[0] >= float(alone_score[0]) - 1e-6
 
-    result = evaluate(model, [folder], ckpt.threshold, progress=False)["categories"]["marble"]
-    assert result["images"] == len(folder.test) and 0.0 <= result["image_auroc"] <= 1.0
+    result = evaluate(model, [folder], ckpt.threshold, progress=False)
+    marble = result["categories"]["marble"]
+    assert marble["images"] == len(folder.test) and 0.0 <= marble["image_auroc"] <= 1.0 and marble["tiles"] == [2, 2]
+    assert at_threshold_lines(result).startswith("marble (2x2 tiles a picture): at threshold")
