@@ -412,7 +412,8 @@ def main() -> int:
              "missing)",
     )  # fmt: skip
     p.add_argument("--real", type=Path, nargs="*", default=real_roots(),
-                   help="real MVTec-AD-layout roots (default: every one in ../shared/data)")
+                   help="real MVTec-AD-layout roots (default: every one in ../shared/data; --real alone: none, "
+                        "the generated set only)")
     p.add_argument("--no-generated", action="store_true", help="ablation: train and evaluate on the real roots only")
     p.add_argument("--name", help="results file stem under bench/results/ (default: accuracy; --compare-patchcore: "
                    "proad_vs_patchcore, with _<preset> for another preset)")
@@ -432,7 +433,7 @@ def main() -> int:
         generated = COMPARE_DATA if args.compare_patchcore else BENCH_DATA
         if not (generated / "board").is_dir() and not (args.no_generated and not args.compare_patchcore):
             write_dataset(generated, **(COMPARE_SET if args.compare_patchcore else BENCH_SET))
-        args.data = [*real_roots(), generated] if args.compare_patchcore else [generated]
+        args.data = [*args.real, generated] if args.compare_patchcore else [generated]
     if args.compare_patchcore:
         try:
             result = compare_patchcore(
