@@ -126,7 +126,7 @@ def train_parser() -> argparse.ArgumentParser:
                    + f" (default {DEFAULT_PRESET}); --model-config, --set and the flags below override it")
     p.add_argument("--model-config", type=Path, help="ModelConfig as JSON or YAML")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override ModelConfig fields")
-    p.add_argument("--iterations", type=int, help="training iterations (default 1000)")
+    p.add_argument("--iterations", type=int, help="training iterations (default: the preset's, 1000 or 3000)")
     p.add_argument("--batch-size", type=int, help="batch size (default 16)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int, help="seed (batches, dropout, hold-out split)")

@@ -34,9 +34,9 @@ PRESETS: dict[str, Preset] = {
         Preset("fast", "the defaults: Lite0 at 256 px, 16x16 tokens; today's speed class"),
         Preset(
             "accurate",
-            "decoder width D = 256 (twice the default): better in one probe run, not in a proad-train run; "
-            "2.3x the training time and a lower frame rate (README, Presets)",
-            model={"dim": 256},
+            "fast's model trained 3x longer (3,000 iterations): Magnetic Tile image AUROC 0.92 against fast's "
+            "0.83-0.86, the same frame rate, about 3x the training time (README, Presets)",
+            train={"iterations": 3000},
         ),
     )
 }

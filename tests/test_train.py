@@ -153,6 +153,7 @@ def test_clis_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     accurate = PRESETS["accurate"]
     assert all(getattr(saved.model_config, k) == v for k, v in accurate.model.items()
                if k not in ("dim", "heads", "layers", "prototypes"))
+    assert all(saved.train_info["train_config"][k] == v for k, v in accurate.train.items() if k != "iterations")
     assert (saved.model_config.dim, saved.model_config.layers) == (32, 2)
     assert saved.train_info["train_config"]["iterations"] == 6 and saved.train_info["preset"] == "accurate"
     assert eval_main(["--data", str(data), "--checkpoint", str(ckpt), "--json", str(out), "--viz",
