@@ -52,11 +52,11 @@ from proad.checkpoint import CheckpointError, build_model, load_checkpoint
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import DatasetError
 from proad.data.synth import write_dataset
-from proad.data.tiling import NO_TILING
+from proad.data.tiling import NO_TILING, tiles_of
 from proad.evaluate import evaluate, evaluate_category
 from proad.model import ProAD
 from proad.presets import DEFAULT_PRESET, PRESETS, preset_configs
-from proad.train import open_categories, tiles_of, train
+from proad.train import open_categories, train
 
 #: The generated set the benchmarks rank methods on: proad-synth's training split and a test split
 #: three times its default (60 good images and 24 of each defect per category; the first 20 and 8

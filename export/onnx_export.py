@@ -33,7 +33,6 @@ import torch
 from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata, file_sha256
 from proad.checkpoint import Checkpoint, load_model
 from proad.config import ModelConfig
-from proad.data.tiling import NO_TILING
 from proad.export.plugin_graph import fuse_attention
 from proad.model import ProAD
 
@@ -143,7 +142,7 @@ def build_onnx(
         plugin=False,
         image_size=size,
         preset=ckpt.train_info.get("preset") or "",
-        category_tiles={name: grid for name, grid in ckpt.category_tiles.items() if grid != NO_TILING},
+        category_tiles=ckpt.category_tiles,
     )
     onnx.helper.set_model_props(proto, meta.to_props())
     proto.producer_name = "proad-export"

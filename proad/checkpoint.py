@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from proad.artifacts import file_sha256
 from proad.config import ModelConfig, format_validation_error
-from proad.data.tiling import Grid
+from proad.data.tiling import NO_TILING, Grid
 
 FORMAT = "proad-checkpoint"
 VERSION = 1
@@ -55,9 +55,10 @@ class Checkpoint:
 
     @property
     def category_tiles(self) -> dict[str, Grid]:
-        """Each category's tiling (rows, cols) as it was trained (:mod:`proad.data.tiling`);
-        categories not in it, and every category of a model from before tiling, are not tiled."""
-        return {name: (int(g[0]), int(g[1])) for name, g in self.train_info.get("category_tiles", {}).items()}
+        """The tiled categories' (rows, cols) as they were trained (:mod:`proad.data.tiling`); every
+        other category, and every category of a model from before tiling, is not tiled."""
+        grids = ((name, (int(g[0]), int(g[1]))) for name, g in self.train_info.get("category_tiles", {}).items())
+        return {name: grid for name, grid in grids if grid != NO_TILING}
 
     def to_dict(self) -> dict[str, Any]:
         return {

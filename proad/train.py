@@ -31,7 +31,7 @@ import torch
 from proad.checkpoint import Checkpoint, CheckpointError, atomic_save, save_checkpoint
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import DatasetError, MVTecFolder, list_categories
-from proad.data.tiling import NO_TILING, Grid, auto_grid, split_tiles
+from proad.data.tiling import NO_TILING, Grid, auto_grid, tiles_of
 from proad.loss import proad_loss
 from proad.model import ProAD
 
@@ -52,12 +52,12 @@ def open_categories(
     categories: Sequence[str] | None,
     image_size: int,
     resize: str = "stretch",
-    grids: Mapping[str, Sequence[int]] | None = None,
+    grids: Mapping[str, Grid] | None = None,
 ) -> list[MVTecFolder]:
     """Every requested category across the dataset roots (names must be unique across roots).
 
-    ``grids``: a category's tiling (rows, cols), as a checkpoint's ``train_info.category_tiles``
-    holds it; categories not in it are not tiled."""
+    ``grids``: the tiled categories' (rows, cols), as :attr:`Checkpoint.category_tiles` gives them;
+    categories not in it are not tiled."""
     found: dict[str, MVTecFolder] = {}
     for root in roots:
         for name in list_categories(root):
@@ -65,8 +65,7 @@ def open_categories(
                 continue
             if name in found:
                 raise DatasetError(f"category {name!r} exists in both {found[name].root} and {root}")
-            grid = tuple((grids or {}).get(name, NO_TILING))
-            found[name] = MVTecFolder(root, name, image_size, resize, (int(grid[0]), int(grid[1])))
+            found[name] = MVTecFolder(root, name, image_size, resize, (grids or {}).get(name, NO_TILING))
     if categories:
         missing = [c for c in categories if c not in found]
         if missing:
@@ -83,13 +82,6 @@ def choose_grids(folders: Sequence[MVTecFolder], cfg: ModelConfig) -> dict[str, 
         height, width = folder.native_size()
         folder.grid = auto_grid(height, width, cfg.image_size, cfg.tile_max_shrink, cfg.tile_max_grid)
     return {f.category: f.grid for f in folders}
-
-
-def tiles_of(images: Sequence[np.ndarray], grid: Grid) -> list[np.ndarray]:
-    """Every picture's tiles, picture after picture (one tile each when not tiled)."""
-    if grid == NO_TILING:
-        return list(images)
-    return [tile for image in images for tile in split_tiles(image, grid)]
 
 
 def split_holdout(folder: MVTecFolder, fraction: float, seed: int) -> Split:

@@ -79,8 +79,9 @@ def test_a_large_picture_category_trains_calibrates_and_evaluates_on_tiles(tmp_p
     from proad.checkpoint import build_model, load_checkpoint
     from proad.config import TrainConfig
     from proad.data.synth import write_dataset
+    from proad.data.tiling import tiles_of
     from proad.evaluate import at_threshold_lines, evaluate, predict
-    from proad.train import encode, normal_threshold, open_categories, score_cached, split_holdout, tiles_of, train
+    from proad.train import encode, normal_threshold, open_categories, score_cached, split_holdout, train
 
     root = write_dataset(tmp_path / "data", ("marble",), train=12, test_good=2, test_per_defect=1, progress=False,
                          hard=True)  # fmt: skip

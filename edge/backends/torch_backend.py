@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from proad.data.tiling import NO_TILING
 from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError
 from proad.edge.config import BackendConfig
 
@@ -45,7 +44,7 @@ class TorchBackend(Backend):
             device=self.device,
             resize=ckpt.model_config.resize,
             preset=ckpt.train_info.get("preset") or "",
-            category_tiles={name: grid for name, grid in ckpt.category_tiles.items() if grid != NO_TILING},
+            category_tiles=ckpt.category_tiles,
         )
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -54,6 +54,14 @@ def split_tiles(image: np.ndarray, grid: Grid) -> np.ndarray:
     return np.ascontiguousarray(tiles.reshape(rows * cols, h, w, *image.shape[2:]))
 
 
+def tiles_of(images: Sequence[np.ndarray], grid: Grid) -> list[np.ndarray]:
+    """Every picture's tiles, picture after picture, for pictures of one ``grid`` (one tile each
+    when not tiled): what training encodes and PatchCore fits on."""
+    if grid == NO_TILING:
+        return list(images)
+    return [tile for image in images for tile in split_tiles(image, grid)]
+
+
 def stitch(tiles: np.ndarray, grid: Grid) -> np.ndarray:
     """The inverse of :func:`split_tiles`: ``[rows * cols, h, w, ...]`` back to one picture."""
     rows, cols = grid
