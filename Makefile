@@ -9,12 +9,29 @@ DEMO   := demo
 # stubs: test oracles only, installed apart so that `import tensorrt` keeps meaning "the real one".
 ORACLE := $(VENV)/trt-oracle
 
-.PHONY: test demo venv clean-demo stress
+.PHONY: test demo venv clean-demo stress services demo-line
+
+# Real services that tests start themselves: the MQTT broker and the browser for proad-view's page.
+# Installed from Debian's packages when missing and we may (root with apt-get); otherwise the tests
+# that need them skip and say why.
+SYSTEM_PACKAGES := mosquitto chromium chromium-driver
+services:
+	@missing=""; \
+	{ command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing$$missing (Debian packages)"; \
+			{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; } \
+				>/dev/null 2>&1 || echo "could not install$$missing: the tests that need them will skip"; \
+		else echo "missing$$missing (not root or no apt-get): the tests that need them will skip"; fi; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,onnx,export,dev,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,onnx,export,dev,bench,bridges]'
 	$(PY) -m pip install -q --no-deps --target $(ORACLE)/trt11 tensorrt-cu13-bindings==11.4.0.106
 	$(PY) -m pip install -q --no-deps --target $(ORACLE)/trt10 tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
@@ -22,7 +39,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 ## make test: lint, then the whole test suite (CI runs exactly this through .ci/run)
-test: $(STAMP)
+test: $(STAMP) services
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -34,6 +51,12 @@ stress: $(STAMP)
 ## ONNX, the daemon on a synthetic camera, and a live subscriber printing OK/NG results, then a summary
 demo: $(DEMO)/model.onnx
 	$(VENV)/bin/proad-edge demo --workdir $(DEMO) --seconds 20
+
+## make demo-line: the demo with what sits beside the daemon on a line, for 5 minutes: the operator's
+## page on http://127.0.0.1:8080/, the OPC UA bridge (opc.tcp://127.0.0.1:4840/proad/, plc/demo) and
+## the MQTT bridge into a local mosquitto (port 1883)
+demo-line: $(DEMO)/model.onnx services
+	$(VENV)/bin/proad-edge demo --workdir $(DEMO) --seconds 300 --line
 
 $(DEMO)/eval.json: $(DEMO)/model.pt
 	$(VENV)/bin/proad-eval --data $(DEMO)/data --checkpoint $(DEMO)/model.pt --json $(DEMO)/eval.json \

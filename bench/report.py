@@ -43,6 +43,7 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "transport": ("transport", ["transport.py"]),
     "pipeline": ("pipeline", ["pipeline.py"]),
     "soak": ("soak", ["soak.py", "--seconds", "120"]),
+    "bridges": ("bridges", ["bridges.py"]),
 }
 
 
@@ -243,6 +244,10 @@ def main() -> int:
         "## Soak under faults (`bench/soak.py`)",
         "",
         _md("soak"),
+        "",
+        "## Bridges beside the daemon: MQTT, OPC UA, the operator's page (`bench/bridges.py`)",
+        "",
+        _md("bridges"),
         "",
         "## Plots",
         "",

@@ -7,7 +7,7 @@
     proad-edge check-config --config edge.yaml [--set ...]
     proad-edge status [--endpoint tcp://127.0.0.1:5556] [--curve-key K --server-key S]
     proad-edge keys --out keys NAME [NAME ...] [--allowed-dir keys/allowed]
-    proad-edge demo [--workdir demo] [--seconds 20]
+    proad-edge demo [--workdir demo] [--seconds 20] [--line]
     proad-sub [--endpoint tcp://127.0.0.1:5555] [--camera ID] [--ng-only] [--save-ng DIR] [--count N] [--seconds S]
     proad-archive --out DIR [--endpoint tcp://127.0.0.1:5557] [--curve-key K --server-key S] [--seconds S]
 
@@ -79,6 +79,9 @@ def edge_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fps", type=float, default=30.0, help="camera frame rate")
     demo.add_argument("--category", default="board", help="what the synthetic camera shows")
     demo.add_argument("--defect-rate", type=float, default=0.2, help="share of frames with an injected defect")
+    demo.add_argument("--line", action="store_true",
+                      help="also start the operator's page (proad-view), the OPC UA bridge and the MQTT bridge "
+                           "with a local mosquitto, as on a line")
     return p
 
 
@@ -147,7 +150,10 @@ def edge_main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from proad.edge.demo import run_demo
 
-        return _guarded("proad-edge", lambda a: run_demo(a.workdir, a.seconds, a.fps, a.category, a.defect_rate), args)
+        def demo_body(a: argparse.Namespace) -> int:
+            return run_demo(a.workdir, a.seconds, a.fps, a.category, a.defect_rate, a.line)
+
+        return _guarded("proad-edge", demo_body, args)
     body = {"run": _run, "check-config": _check, "status": _status, "keys": _keys}[args.command]
     return _guarded("proad-edge", body, args)
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_CONFIG_NODES = 10_000  # values in the loaded document; YAML aliases can make a small file huge
 MAX_CAMERAS = 64
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -105,6 +106,8 @@ class PublishConfig(_Strict):
 class NGChannelConfig(_Strict):
     """The reliable NG channel (DESIGN §5): spool to disk, deliver to archivers, delete on acknowledgement."""
 
+    name: str = Field("archive", pattern=r"^[a-z0-9_]{1,32}$",
+                      description="who consumes it; names the counters of a channel in ng_channels")
     endpoint: str = Field("tcp://*:5557", max_length=512, description="ROUTER socket archivers connect to")
     spool_dir: str = Field("spool", max_length=4096, description="NG results waiting for an archiver")
     max_records: int = Field(10000, ge=1, le=10_000_000, description="spool cap in records")
@@ -167,6 +170,12 @@ class PipelineConfig(_Strict):
     threshold: float | None = Field(None, description="OK/NG threshold for every camera (overrides the model's)")
     publish: PublishConfig = PublishConfig()
     ng_channel: NGChannelConfig | None = Field(None, description="the reliable NG channel (None: off)")
+    ng_channels: list[NGChannelConfig] = Field(
+        default_factory=list, max_length=8,
+        description="more reliable NG channels, each with its own endpoint and spool, for another kind of consumer "
+                    "(e.g. name: mqtt for proad-bridge mqtt beside the archivers): every NG goes to every channel, "
+                    "and each channel's consumers share its records",
+    )  # fmt: skip
     failsafe: FailsafeConfig = FailsafeConfig()
     security: SecurityConfig = SecurityConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -180,7 +189,20 @@ class PipelineConfig(_Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"camera ids must be unique, repeated: {', '.join(dupes)}")
+        channels = self.all_ng_channels()
+        if self.ng_channels and self.ng_channel is None:
+            raise ValueError("ng_channels adds channels beside ng_channel, which is off")
+        for what in ("name", "endpoint", "spool_dir"):
+            values = [getattr(c, what) for c in channels]
+            if what == "endpoint":  # any free port ("tcp://...:*") is a different one each time
+                values = [v for v in values if not v.endswith((":*", ":0"))]
+            if len(set(values)) != len(values):
+                raise ValueError(f"each NG channel needs its own {what}, repeated: {values}")
         return self
+
+    def all_ng_channels(self) -> list[NGChannelConfig]:
+        """``ng_channel`` (the archivers'), then ``ng_channels``."""
+        return ([self.ng_channel] if self.ng_channel is not None else []) + list(self.ng_channels)
 
 
 class ConfigError(ValueError):
@@ -240,6 +262,12 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
     """Read, apply overrides, validate; raises :class:`ConfigError` with the field and the reason."""
+    return load_config(PipelineConfig, path, overrides)
+
+
+def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
+    """Any of the edge's configs (the daemon's, a bridge's, the viewer's) read from YAML or JSON, with
+    ``--set`` overrides, validated; raises :class:`ConfigError` with the field and the reason."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -271,7 +299,7 @@ def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = 
         _set_path(data, key, value)
     _check_size(data)
     try:
-        return PipelineConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
         problems = [f"{'.'.join(str(x)[:64] for x in e['loc']) or 'config'}: {e['msg'][:200]}" for e in errors[:5]]

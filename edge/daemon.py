@@ -15,7 +15,9 @@ Threads joined by bounded queues, data flowing one way:
   contiguous ``seq`` numbers; an NG is first written to the spool (when the NG channel is on), so
   every NG anyone saw is on disk; with the fail-safe on, it also publishes the fail-safe NG of any
   frame whose window closed without a result;
-- an optional **NG delivery** thread sends spooled NG results to archivers until acknowledged;
+- an optional **NG delivery** thread sends spooled NG results to archivers until acknowledged; each
+  further channel of ``ng_channels`` (e.g. the MQTT bridge's) has its own spool and thread, so
+  every NG reaches every kind of consumer, and one that is down holds back only its own spool;
 - an optional **status** thread answers the REP endpoint, and a Prometheus endpoint serves metrics.
 
 ``stop()`` (SIGTERM / SIGINT in ``run_forever``) stops the cameras, lets inference finish every
@@ -93,7 +95,8 @@ class Daemon:
         self.curve: CurveServer | None = None
         self.status: StatusServer | None = None
         self.spool: Spool | None = None
-        self.ng_channel: NGChannel | None = None
+        self.ng_channel: NGChannel | None = None  # the archivers' channel (the first of ng_channels)
+        self.ng_channels: list[NGChannel] = []
         self.metrics: MetricsServer | None = None
         self._closers: list[Callable[[], None]] = []
         try:
@@ -118,14 +121,16 @@ class Daemon:
             self._closers.append(self.curve.close)
         self.publisher = Publisher(cfg.publish, self.ctx, self.telemetry, self.curve)
         self._closers.append(self.publisher.close)
-        if cfg.ng_channel is not None:
-            ng = cfg.ng_channel
+        for i, ng in enumerate(cfg.all_ng_channels()):  # each channel its own spool: every NG goes to each
             try:
-                self.spool = Spool(ng.spool_dir, ng.max_records, ng.max_mb, ng.when_full, ng.fsync)
+                spool = Spool(ng.spool_dir, ng.max_records, ng.max_mb, ng.when_full, ng.fsync)
             except SpoolError as exc:
                 raise StartupError(str(exc)) from exc
-            channel = self.ng_channel = NGChannel(ng, self.spool, self.ctx, self.telemetry, self.curve)
-            self._closers.append(lambda: channel.shutdown(ng.drain_s + 5.0))
+            channel = NGChannel(ng, spool, self.ctx, self.telemetry, self.curve, primary=i == 0)
+            self.ng_channels.append(channel)
+            self._closers.append(lambda channel=channel, ng=ng: channel.shutdown(ng.drain_s + 5.0))
+        if self.ng_channels:
+            self.spool, self.ng_channel = self.ng_channels[0].spool, self.ng_channels[0]
         if cfg.status.endpoint:
             status = self.status = StatusServer(cfg.status.endpoint, self.ctx, self.telemetry, self.curve)
             self._closers.append(lambda: status.shutdown(2.0))
@@ -289,8 +294,9 @@ class Daemon:
         """Spool (NG), then publish: an NG a subscriber saw is always on disk for the archivers."""
         cam = header.camera_id
         header_b = header.model_dump_json().encode()
-        if header.decision == "NG" and self.spool is not None:
-            self._spool(header, header_b, amap, jpeg)
+        if header.decision == "NG":
+            for channel in self.ng_channels:
+                self._spool(channel, header, header_b, amap, jpeg)
         try:
             self.publisher.send(topic(cam, header.decision), header_b, amap, jpeg)
         except Exception:
@@ -303,27 +309,27 @@ class Daemon:
             self.telemetry.count("ng", cam)
         self.telemetry.observe(header.latency_ms)
 
-    def _spool(self, header: FrameResult, header_b: bytes, amap: np.ndarray, jpeg: bytes | None) -> None:
-        assert self.spool is not None
+    def _spool(self, channel: NGChannel, header: FrameResult, header_b: bytes, amap: np.ndarray,
+               jpeg: bytes | None) -> None:
         parts = [header_b, amap.tobytes()] + ([jpeg] if jpeg is not None else [])
         try:
-            accepted = self.spool.add(Record(header.result_id, parts))
+            accepted = channel.spool.add(Record(header.result_id, parts))
         except SpoolError as exc:
-            self.telemetry.drop(header.camera_id, "spool_error")
-            log.error("NG %s not spooled (%s); it is still published", header.result_id, exc)
+            self.telemetry.drop(header.camera_id, "spool_error" + channel.suffix)
+            log.error("NG %s not spooled in %s (%s); it is still published", header.result_id, channel.spool.dir, exc)
             return
         if not accepted:
-            self.telemetry.drop(header.camera_id, "spool_full")
-            log.error("spool full (%d records): NG %s refused; it is still published",
-                      self.spool.depth(), header.result_id)
+            self.telemetry.drop(header.camera_id, "spool_full" + channel.suffix)
+            log.error("spool %s full (%d records): NG %s refused; it is still published",
+                      channel.spool.dir, channel.spool.depth(), header.result_id)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         self.started = True
         self.output_thread.start()
         self.infer_thread.start()
-        if self.ng_channel is not None:
-            self.ng_channel.start()
+        for channel in self.ng_channels:
+            channel.start()
         if self.status is not None:
             self.status.start()
         for t in self.capture_threads:

@@ -9,6 +9,12 @@ says how many of the NG results it stored.
 
 The daemon runs as its own process (``proad-edge run``), exactly as on a line; the model must
 already exist (``make demo`` trains and exports it first).
+
+``--line`` (``make demo-line``) adds what sits beside the daemon on a factory line, each as its own
+process: the operator's page (``proad-view``, http://127.0.0.1:8080/), the PLC's OPC UA server
+(``proad-bridge opcua`` on opc.tcp://127.0.0.1:4840/proad/, user ``plc``, password ``demo``) and the
+MQTT bridge into a local mosquitto broker (port 1883, topics ``proad/cam0/OK|NG``; every NG through
+an NG channel of its own), and runs the camera long enough to look (``--seconds``).
 """
 
 from __future__ import annotations
@@ -42,7 +48,86 @@ def demo_config(model: Path, category: str, fps: float, defect_rate: float, seco
     }  # fmt: skip
 
 
-def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate: float) -> int:
+VIEW_URL = "http://127.0.0.1:8080/"
+OPCUA_ENDPOINT = "opc.tcp://127.0.0.1:4840/proad/"
+MQTT_PORT = 1883
+
+
+class LineServices:
+    """The line demo's neighbours of the daemon: broker, MQTT and OPC UA bridges, the operator's page."""
+
+    def __init__(self, workdir: Path) -> None:
+        from proad.edge.bridges.broker import MOSQUITTO, Mosquitto
+
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: list = []
+        self.broker = Mosquitto(workdir / "broker", MQTT_PORT) if MOSQUITTO is not None else None
+        if self.broker is None:
+            print("mosquitto is not installed (apt-get install mosquitto): the MQTT bridge is left out")
+
+    def daemon_config(self, config: dict) -> dict:
+        config["publish"]["jpeg"] = "always"  # the operator's page shows every frame
+        if self.broker is not None:
+            config["ng_channels"] = [{"name": "mqtt", "endpoint": "tcp://127.0.0.1:5558",
+                                      "spool_dir": str(self.workdir / "spool_mqtt")}]
+        return config
+
+    def _start(self, name: str, module_main: str, *args: str) -> None:
+        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.logs.append(log)
+        module, main = module_main.split(":")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-c", f"from {module} import {main}; raise SystemExit({main}())", *args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        if self.broker is not None:
+            self.broker.start()
+            mqtt = self.workdir / "mqtt.json"
+            mqtt.write_text(json.dumps({"daemon": {"ng_channel": "tcp://127.0.0.1:5558"},
+                                        "broker": {"port": MQTT_PORT}, "attach": ["map_png"]}, indent=2))
+            self._start("bridge_mqtt", "proad.edge.bridges.cli:main", "mqtt", "--config", str(mqtt))
+        opcua = self.workdir / "opcua.json"
+        opcua.write_text(json.dumps({"cameras": ["cam0"], "endpoint": OPCUA_ENDPOINT, "users": {"plc": "demo"}},
+                                    indent=2))
+        self._start("bridge_opcua", "proad.edge.bridges.cli:main", "opcua", "--config", str(opcua))
+        self._start("view", "proad.edge.view:main", "--port", "8080", "--archive", str(self.workdir / "archive"))
+        self._wait_ready({"bridge_mqtt": "running", "bridge_opcua": "running", "view": "serving"})
+        print(f"operator's page: {VIEW_URL}  |  OPC UA: {OPCUA_ENDPOINT} (user plc, password demo)"
+              + (f"  |  MQTT: 127.0.0.1:{MQTT_PORT}, topics proad/cam0/OK|NG" if self.broker else ""))
+
+    def _wait_ready(self, says: dict[str, str], timeout_s: float = 60.0) -> None:
+        """Until each one has said it runs (so it sees the first frame), or has exited, or the time is up."""
+        deadline = time.monotonic() + timeout_s
+        waiting = {name: word for name, word in says.items() if name in self.procs}
+        while waiting and time.monotonic() < deadline:
+            for name, word in list(waiting.items()):
+                if self.procs[name].poll() is not None:
+                    print(f"{name} exited with {self.procs[name].returncode}: see {self.workdir / (name + '.log')}")
+                    del waiting[name]
+                elif word in (self.workdir / f"{name}.log").read_text():
+                    del waiting[name]
+            time.sleep(0.1)  # poll interval while they start
+
+    def stop(self) -> None:
+        for name, proc in self.procs.items():
+            proc.terminate()
+            try:
+                code = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            print(f"{name}: exited {code}{_bridge_summary(self.workdir / (name + '.log'))}, "
+                  f"log {self.workdir / (name + '.log')}")
+        for log in self.logs:
+            log.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate: float, line: bool = False) -> int:
     from proad.edge.cli import format_line, save_overlay
     from proad.edge.status import query_status
     from proad.edge.subscriber import Subscriber
@@ -51,7 +136,12 @@ def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_ra
     if not model.is_file():
         raise ModelLoadError(f"{model} not found: `make demo` trains and exports it first")
     config = workdir / "edge.json"
-    config.write_text(json.dumps(demo_config(model, category, fps, defect_rate, seconds, workdir / "spool"), indent=2))
+    services = LineServices(workdir) if line else None
+    daemon_config = demo_config(model, category, fps, defect_rate, seconds, workdir / "spool")
+    if services is not None:
+        daemon_config = services.daemon_config(daemon_config)
+        services.start()
+    config.write_text(json.dumps(daemon_config, indent=2))
     overlays = workdir / "ng_overlays"
     log_path = workdir / "daemon.log"
     archive = workdir / "archive"
@@ -97,6 +187,8 @@ def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_ra
             sub.close()
             archiver.terminate()  # the daemon gave it the spool before it exited
             archived = _archived(archiver.communicate(timeout=30)[0])
+            if services is not None:
+                services.stop()
     received = sum(truth.values())
     if code != 0 or received == 0:
         print(f"the daemon exited with {code} after {received} results; see {log_path}", file=sys.stderr)
@@ -125,3 +217,17 @@ def _archived(archiver_stdout: str) -> int:
         return int(json.loads(lines[-1])["stored"]) if lines else 0
     except (ValueError, KeyError):
         return 0
+
+
+def _bridge_summary(log: Path) -> str:
+    """A bridge's counters (the JSON line it prints when it stops), in words."""
+    try:
+        counters = json.loads(log.read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return ""
+    if counters.get("bridge") == "mqtt":
+        return (f"; {counters.get('ng_published', 0)} NG acknowledged by the broker, "
+                f"{counters.get('ok_published', 0)} OK published")
+    if "published" in counters:
+        return f"; {counters['published']} results written to OPC UA, {counters.get('acknowledged', 0)} acknowledged"
+    return ""

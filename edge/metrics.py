@@ -42,8 +42,17 @@ class TelemetryCollector(Collector):
         for event, value in snap["events"].items():
             events.add_metric([event], value)
         yield events
-        for name, value in snap["gauges"].items():
-            yield GaugeMetricFamily(f"proad_{name}", f"{name.replace('_', ' ')} (now)", value=value)
+        further: dict[str, GaugeMetricFamily] = {}
+        for key, value in snap["gauges"].items():
+            name, _, channel = key.partition(".")
+            if not channel:
+                yield GaugeMetricFamily(f"proad_{name}", f"{name.replace('_', ' ')} (now)", value=value)
+                continue
+            if name not in further:  # "spool_depth.mqtt": a further NG channel's (ng_channels), labelled by name
+                further[name] = GaugeMetricFamily(f"proad_channel_{name}", f"{name.replace('_', ' ')} of a further "
+                                                  "NG channel (now)", labels=["channel"])
+            further[name].add_metric([channel], value)
+        yield from further.values()
         connections = GaugeMetricFamily("proad_connections", "peers connected per socket", labels=["socket"])
         for socket, value in snap["connections"].items():
             connections.add_metric([socket], value)

@@ -64,16 +64,20 @@ class NGChannel(SocketThread):
         ctx: zmq.Context,
         telemetry: Telemetry,
         curve: CurveServer | None = None,
+        primary: bool = True,
     ) -> None:
-        super().__init__("ng-delivery")
+        """``primary``: the archivers' channel (plain counter names); a further channel (``ng_channels``)
+        names its counters and gauges ``<name>.<channel name>``."""
+        super().__init__("ng-delivery" if primary else f"ng-delivery-{cfg.name}")
         self.cfg, self.spool, self.telemetry = cfg, spool, telemetry
+        self.suffix = "" if primary else f".{cfg.name}"  # a further channel's counters carry its name
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.SNDHWM, max(4 * cfg.window, 64))
         self.sock.setsockopt(zmq.RCVHWM, 10000)
         self.sock.setsockopt(zmq.MAXMSGSIZE, 4096)  # archivers only send HELLO and ACK
         self.sock.setsockopt(zmq.LINGER, 0)  # what is not acknowledged stays in the spool anyway
-        self.monitor, self.endpoint = serve(self.sock, cfg.endpoint, "ng_channel", telemetry, curve)
+        self.monitor, self.endpoint = serve(self.sock, cfg.endpoint, "ng_channel" + self.suffix, telemetry, curve)
         self.archivers: dict[bytes, float] = {}  # identity -> last heard (monotonic)
         self.inflight: dict[str, tuple[bytes, float]] = {}  # result_id -> (archiver, sent at)
         self.drain_until = 0.0
@@ -96,7 +100,7 @@ class NGChannel(SocketThread):
                 self._gauges()
         except Exception:  # never silent: the spool keeps everything for the next start
             log.exception("NG delivery stopped; undelivered records stay in %s", self.spool.dir)
-            self.telemetry.event("ng_channel_failures")
+            self.telemetry.event("ng_channel_failures" + self.suffix)
         finally:
             self._gauges()
             self.monitor.close()
@@ -112,19 +116,19 @@ class NGChannel(SocketThread):
             try:
                 command, result_id = parse_archiver_message(parts)
             except ProtocolError as exc:
-                self.telemetry.event("invalid_messages.ng_channel")
+                self.telemetry.event("invalid_messages.ng_channel" + self.suffix)
                 log.warning("NG channel: ignored a message from %s: %s", identity.hex()[:16], exc)
                 continue
             if identity not in self.archivers:
                 log.info("NG channel: archiver %s connected", identity.hex()[:16])
-                self.telemetry.event("archiver_connects")
+                self.telemetry.event("archiver_connects" + self.suffix)
             self.archivers[identity] = time.monotonic()
             if command == ACK and result_id is not None:
                 self.inflight.pop(result_id, None)
                 if self.spool.remove(result_id):
-                    self.telemetry.event("ng_delivered")
+                    self.telemetry.event("ng_delivered" + self.suffix)
                 else:
-                    self.telemetry.event("ng_duplicate_acks")
+                    self.telemetry.event("ng_duplicate_acks" + self.suffix)
 
     def _expire(self, now: float) -> None:
         for identity, heard in list(self.archivers.items()):
@@ -133,14 +137,14 @@ class NGChannel(SocketThread):
         for result_id, (_, sent) in list(self.inflight.items()):
             if now - sent > self.cfg.ack_timeout_s:
                 del self.inflight[result_id]
-                self.telemetry.event("ng_redelivered")
+                self.telemetry.event("ng_redelivered" + self.suffix)
 
     def _forget_archiver(self, identity: bytes, why: str) -> None:
         self.archivers.pop(identity, None)
         lost = [rid for rid, (who, _) in self.inflight.items() if who == identity]
         for rid in lost:
             del self.inflight[rid]
-        self.telemetry.event("ng_redelivered", len(lost))
+        self.telemetry.event("ng_redelivered" + self.suffix, len(lost))
         log.warning("NG channel: archiver %s gone (%s); %d unacknowledged record(s) will be sent again",
                     identity.hex()[:16], why, len(lost))
 
@@ -174,11 +178,11 @@ class NGChannel(SocketThread):
 
     def _gauges(self) -> None:
         stats = self.spool.stats()
-        self.telemetry.gauge("spool_depth", stats["depth"])
-        self.telemetry.gauge("spool_bytes", stats["bytes"])
-        self.telemetry.gauge("spool_max_depth", stats["max_depth"])
-        self.telemetry.gauge("archivers", len(self.archivers))
-        self.telemetry.gauge("ng_inflight", len(self.inflight))
+        self.telemetry.gauge("spool_depth" + self.suffix, stats["depth"])
+        self.telemetry.gauge("spool_bytes" + self.suffix, stats["bytes"])
+        self.telemetry.gauge("spool_max_depth" + self.suffix, stats["max_depth"])
+        self.telemetry.gauge("archivers" + self.suffix, len(self.archivers))
+        self.telemetry.gauge("ng_inflight" + self.suffix, len(self.inflight))
 
     def stop(self) -> None:
         """Stop after delivering what an archiver is there to take, for at most ``drain_s``."""

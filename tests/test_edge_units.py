@@ -57,6 +57,10 @@ def test_config_loads_and_overrides(tmp_path: Path) -> None:
         (lambda d: d["backend"].update(kind="openvino"), "backend.kind: Input should be 'onnxruntime'"),
         (lambda d: d.pop("backend"), "backend: Field required"),
         (lambda d: d.update(cameras=[]), "cameras: List should have at least 1 item"),
+        (lambda d: d.update(ng_channels=[{"name": "mqtt"}]), "ng_channels adds channels beside ng_channel, which"),
+        (lambda d: d.update(ng_channel={}, ng_channels=[{"name": "mqtt"}]), "each NG channel needs its own endpoint"),
+        (lambda d: d.update(ng_channel={}, ng_channels=[{"endpoint": "tcp://*:5558", "spool_dir": "s2"}]),
+         "each NG channel needs its own name, repeated: ['archive', 'archive']"),
     ],
 )
 def test_malformed_config_names_field_and_reason(tmp_path: Path, mutate, message: str) -> None:

@@ -187,6 +187,7 @@ def test_prometheus_metrics_read_the_telemetry() -> None:
     t.event("ng_delivered", 5)
     t.event("auth_failures.publish")
     t.gauge("spool_depth", 4)
+    t.gauge("spool_depth.mqtt", 6)  # a further NG channel's (ng_channels), named mqtt
     t.add_connection("publish", 2)
     for ms in (3.0, 30.0, 300.0):
         t.observe({"total": ms})
@@ -203,6 +204,7 @@ def test_prometheus_metrics_read_the_telemetry() -> None:
         'proad_events_total{event="ng_delivered"} 5.0',
         'proad_events_total{event="auth_failures.publish"} 1.0',
         "proad_spool_depth 4.0",
+        'proad_channel_spool_depth{channel="mqtt"} 6.0',
         'proad_connections{socket="publish"} 2.0',
         # cumulative buckets: 3 ms falls in le=5, 30 in le=35, 300 in le=500
         'proad_latency_ms_bucket{le="5",stage="total"} 1.0',
