@@ -31,7 +31,7 @@ services:
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,onnx,export,dev,bench,bridges]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,onnx,export,dev,bench,bridges,openvino]'
 	$(PY) -m pip install -q --no-deps --target $(ORACLE)/trt11 tensorrt-cu13-bindings==11.4.0.106
 	$(PY) -m pip install -q --no-deps --target $(ORACLE)/trt10 tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
@@ -54,7 +54,7 @@ demo: $(DEMO)/model.onnx
 
 ## make demo-line: the demo with what sits beside the daemon on a line, for 5 minutes: the operator's
 ## page on http://127.0.0.1:8080/, the OPC UA bridge (opc.tcp://127.0.0.1:4840/proad/, plc/demo) and
-## the MQTT bridge into a local mosquitto (port 1883)
+## the MQTT bridge into a local mosquitto (port 1883, or a free one when taken)
 demo-line: $(DEMO)/model.onnx services
 	$(VENV)/bin/proad-edge demo --workdir $(DEMO) --seconds 300 --line
 

@@ -1,6 +1,6 @@
 """End-to-end throughput and latency of the daemon, next to the backend alone, in the same run.
 
-For each backend (ONNX Runtime, torch) on this machine, at 256x256 with the default model:
+For each backend (ONNX Runtime, OpenVINO, torch) on this machine, at 256x256 with the default model:
 
 1. **backend alone**: ``backend.infer`` on the synthetic camera's frames, one at a time, flat out;
 2. **daemon, overloaded**: ``proad-edge run`` as its own process with the synthetic camera running
@@ -138,7 +138,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"], choices=["onnxruntime", "torch"])
+    p.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "torch"],
+                   choices=["onnxruntime", "openvino", "torch"])
     args = p.parse_args()
 
     cam = SyntheticCamera(SyntheticSource(category="board", pool=32, defect_rate=0.2, fps=1000))
@@ -149,7 +150,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         ckpt, onnx_path = make_model(tmp)
         for kind in args.backends:
-            model = onnx_path if kind == "onnxruntime" else ckpt
+            model = ckpt if kind == "torch" else onnx_path
             alone, thr = backend_alone(kind, model, args.threads, args.seconds, frames)
             flat = daemon_run(kind, model, args.threads, args.seconds, round(2 * alone), tmp, thr)
             stall = daemon_run(kind, model, args.threads, args.seconds, round(2 * alone), tmp, thr, stalled=True)

@@ -82,13 +82,26 @@ class CameraConfig(_Strict):
     reconnect_max_s: float = Field(10.0, gt=0, description="longest wait between reopen attempts")
 
 
+class OpenVinoOptions(_Strict):
+    """OpenVINO's CPU plugin settings (``backend.kind: openvino``)."""
+
+    hint: Literal["latency", "throughput"] = Field(
+        "latency", description="PERFORMANCE_HINT: latency (one stream, all threads on each request) or throughput"
+    )
+    streams: int | None = Field(None, ge=1, le=64, description="NUM_STREAMS (None: what the hint chooses)")
+    precision: Literal["f32", "bf16"] = Field(
+        "f32", description="INFERENCE_PRECISION_HINT: f32 keeps the exported maps; bf16 only where the CPU has it"
+    )
+
+
 class BackendConfig(_Strict):
-    kind: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
-    model: str = Field(description=".onnx (onnxruntime), .pt (torch) or .engine (tensorrt)")
+    kind: Literal["onnxruntime", "openvino", "torch", "tensorrt"] = "onnxruntime"
+    model: str = Field(description=".onnx (onnxruntime, openvino), .pt (torch) or .engine (tensorrt)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, le=256, description="CPU threads for onnxruntime/torch")
+    threads: int | None = Field(None, ge=1, le=256, description="CPU threads for onnxruntime/openvino/torch")
     max_batch: int = Field(4, ge=1, le=256, description="frames of several cameras inferred together")
     cuda_graphs: bool = Field(True, description="tensorrt: replay each batch size as a CUDA graph")
+    openvino: OpenVinoOptions = OpenVinoOptions()
 
 
 class PublishConfig(_Strict):
@@ -196,6 +209,13 @@ class PipelineConfig(_Strict):
             values = [getattr(c, what) for c in channels]
             if what == "endpoint":  # any free port ("tcp://...:*") is a different one each time
                 values = [v for v in values if not v.endswith((":*", ":0"))]
+            if what == "spool_dir":  # "spool" and "./spool" are one folder; one inside another would mix too
+                folders = [Path(v).expanduser().resolve() for v in values]
+                values = [str(f) for f in folders]
+                nested = [(a, b) for a in folders for b in folders if a != b and a in b.parents]
+                if nested:
+                    raise ValueError(f"NG channel spools must not lie inside each other: {nested[0][1]} is in "
+                                     f"{nested[0][0]}")
             if len(set(values)) != len(values):
                 raise ValueError(f"each NG channel needs its own {what}, repeated: {values}")
         return self

@@ -127,8 +127,9 @@ class Daemon:
             except SpoolError as exc:
                 raise StartupError(str(exc)) from exc
             channel = NGChannel(ng, spool, self.ctx, self.telemetry, self.curve, primary=i == 0)
+            if not self.ng_channels:
+                self._closers.append(self._close_ng_channels)
             self.ng_channels.append(channel)
-            self._closers.append(lambda channel=channel, ng=ng: channel.shutdown(ng.drain_s + 5.0))
         if self.ng_channels:
             self.spool, self.ng_channel = self.ng_channels[0].spool, self.ng_channels[0]
         if cfg.status.endpoint:
@@ -140,6 +141,15 @@ class Daemon:
             self.metrics = MetricsServer(self.telemetry, cfg.metrics.prometheus_port, cfg.metrics.address)
             self._closers.append(self.metrics.close)
 
+    def _close_ng_channels(self) -> None:
+        """Every channel drains at once (each for its own ``drain_s``), so stopping takes the longest one."""
+        for channel in self.ng_channels:
+            if channel.is_alive():
+                channel.stop()
+        deadline = time.monotonic() + max(c.cfg.drain_s for c in self.ng_channels) + 5.0
+        for channel in self.ng_channels:
+            channel.shutdown(max(0.0, deadline - time.monotonic()))
+
     def _close_endpoints(self) -> None:
         while self._closers:
             close = self._closers.pop()
@@ -148,8 +158,8 @@ class Daemon:
             except Exception:
                 log.exception("while closing")
         if self.own_ctx:
-            stuck = [t.name for t in threading.enumerate() if t.name in ("ng-delivery", "status", "output")
-                     and t.is_alive() and t is not threading.current_thread()]  # fmt: skip
+            owners = [*self.ng_channels, self.status, self.output_thread if hasattr(self, "output_thread") else None]
+            stuck = [t.name for t in owners if t is not None and t.is_alive() and t is not threading.current_thread()]
             if stuck:  # term() would wait for their sockets forever
                 log.error("threads still running at shutdown: %s", ", ".join(stuck))
             else:

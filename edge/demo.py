@@ -13,8 +13,9 @@ already exist (``make demo`` trains and exports it first).
 ``--line`` (``make demo-line``) adds what sits beside the daemon on a factory line, each as its own
 process: the operator's page (``proad-view``, http://127.0.0.1:8080/), the PLC's OPC UA server
 (``proad-bridge opcua`` on opc.tcp://127.0.0.1:4840/proad/, user ``plc``, password ``demo``) and the
-MQTT bridge into a local mosquitto broker (port 1883, topics ``proad/cam0/OK|NG``; every NG through
-an NG channel of its own), and runs the camera long enough to look (``--seconds``).
+MQTT bridge into a local mosquitto broker (port 1883, or a free one when that is taken; topics
+``proad/cam0/OK|NG``; every NG through an NG channel of its own), and runs the camera long enough
+to look (``--seconds``).
 """
 
 from __future__ import annotations
@@ -57,12 +58,13 @@ class LineServices:
     """The line demo's neighbours of the daemon: broker, MQTT and OPC UA bridges, the operator's page."""
 
     def __init__(self, workdir: Path) -> None:
-        from proad.edge.bridges.broker import MOSQUITTO, Mosquitto
+        from proad.edge.bridges.broker import MOSQUITTO, Mosquitto, free_port
 
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: list = []
-        self.broker = Mosquitto(workdir / "broker", MQTT_PORT) if MOSQUITTO is not None else None
+        port = MQTT_PORT if _port_free(MQTT_PORT) else free_port()  # a broker of the machine's may hold 1883
+        self.broker = Mosquitto(workdir / "broker", port) if MOSQUITTO is not None else None
         if self.broker is None:
             print("mosquitto is not installed (apt-get install mosquitto): the MQTT bridge is left out")
 
@@ -87,7 +89,7 @@ class LineServices:
             self.broker.start()
             mqtt = self.workdir / "mqtt.json"
             mqtt.write_text(json.dumps({"daemon": {"ng_channel": "tcp://127.0.0.1:5558"},
-                                        "broker": {"port": MQTT_PORT}, "attach": ["map_png"]}, indent=2))
+                                        "broker": {"port": self.broker.port}, "attach": ["map_png"]}, indent=2))
             self._start("bridge_mqtt", "proad.edge.bridges.cli:main", "mqtt", "--config", str(mqtt))
         opcua = self.workdir / "opcua.json"
         opcua.write_text(json.dumps({"cameras": ["cam0"], "endpoint": OPCUA_ENDPOINT, "users": {"plc": "demo"}},
@@ -96,7 +98,7 @@ class LineServices:
         self._start("view", "proad.edge.view:main", "--port", "8080", "--archive", str(self.workdir / "archive"))
         self._wait_ready({"bridge_mqtt": "running", "bridge_opcua": "running", "view": "serving"})
         print(f"operator's page: {VIEW_URL}  |  OPC UA: {OPCUA_ENDPOINT} (user plc, password demo)"
-              + (f"  |  MQTT: 127.0.0.1:{MQTT_PORT}, topics proad/cam0/OK|NG" if self.broker else ""))
+              + (f"  |  MQTT: 127.0.0.1:{self.broker.port}, topics proad/cam0/OK|NG" if self.broker else ""))
 
     def _wait_ready(self, says: dict[str, str], timeout_s: float = 60.0) -> None:
         """Until each one has said it runs (so it sees the first frame), or has exited, or the time is up."""
@@ -128,6 +130,17 @@ class LineServices:
 
 
 def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate: float, line: bool = False) -> int:
+    """The demo; with ``line``, the view and the bridges beside it, stopped whatever happens."""
+    services = LineServices(workdir) if line else None
+    try:
+        return _demo(workdir, seconds, fps, category, defect_rate, services)
+    finally:
+        if services is not None:
+            services.stop()
+
+
+def _demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate: float,
+          services: LineServices | None) -> int:
     from proad.edge.cli import format_line, save_overlay
     from proad.edge.status import query_status
     from proad.edge.subscriber import Subscriber
@@ -136,7 +149,6 @@ def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_ra
     if not model.is_file():
         raise ModelLoadError(f"{model} not found: `make demo` trains and exports it first")
     config = workdir / "edge.json"
-    services = LineServices(workdir) if line else None
     daemon_config = demo_config(model, category, fps, defect_rate, seconds, workdir / "spool")
     if services is not None:
         daemon_config = services.daemon_config(daemon_config)
@@ -187,8 +199,6 @@ def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_ra
             sub.close()
             archiver.terminate()  # the daemon gave it the spool before it exited
             archived = _archived(archiver.communicate(timeout=30)[0])
-            if services is not None:
-                services.stop()
     received = sum(truth.values())
     if code != 0 or received == 0:
         print(f"the daemon exited with {code} after {received} results; see {log_path}", file=sys.stderr)
@@ -231,3 +241,14 @@ def _bridge_summary(log: Path) -> str:
     if "published" in counters:
         return f"; {counters['published']} results written to OPC UA, {counters.get('acknowledged', 0)} acknowledged"
     return ""
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

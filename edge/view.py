@@ -82,7 +82,12 @@ class ViewConfig(BaseModel):
     daemon: DaemonLink = DaemonLink()
     host: str = Field("127.0.0.1", description="address to serve on (anything but loopback: set a token)")
     port: int = Field(8080, ge=0, le=65535, description="0: any free port")
-    token: str | None = Field(None, min_length=1, description="every request needs ?token= or Authorization: Bearer")
+    token: str | None = Field(None, pattern=r"^[\x21-\x7e]{1,256}$",
+                              description="every request needs ?token= or Authorization: Bearer (printable ASCII)")
+    allowed_hosts: list[str] | None = Field(
+        None, description="Host headers served (None: the loopback names on loopback, any elsewhere); keeps "
+                          "other web pages the operator opens from reading the view through DNS rebinding",
+    )
     archive: str | None = Field(None, description="a proad-archive folder: the NG gallery comes from it")
     gallery_size: int = Field(12, ge=1, le=200, description="NG results in the gallery")
     history: int = Field(300, ge=10, le=10_000, description="points in each camera's rolling score plot")
@@ -460,7 +465,7 @@ class Guard:
         for name, value in scope.get("headers", []):
             if name == b"authorization" and value[:7].lower() == b"bearer ":
                 return hmac.compare_digest(value[7:].strip(), self.token)
-        given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+        given = parse_qs(scope.get("query_string", b"").decode("latin-1"), encoding="latin-1").get("token", [])
         return len(given) == 1 and hmac.compare_digest(given[0].encode("latin-1"), self.token)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -489,6 +494,7 @@ def build_app(cfg: ViewConfig, line: LineState | None = None) -> Any:
     """The Starlette app over ``line`` (a new, not started LineState when None; see ``app.state.line``)."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
@@ -554,7 +560,9 @@ def build_app(cfg: ViewConfig, line: LineState | None = None) -> Any:
         Route("/camera/{camera}/overlay.jpg", overlay, methods=["GET"]),
         Route("/ng/{result_id}.jpg", ng_image, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(Guard, token=cfg.token)])
+    hosts = cfg.allowed_hosts or (["127.0.0.1", "localhost", "[::1]", "::1"] if _is_loopback(cfg.host) else ["*"])
+    app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
+                                               Middleware(Guard, token=cfg.token)])
     app.state.line = line
     return app
 

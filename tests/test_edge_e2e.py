@@ -280,13 +280,39 @@ def test_startup_errors_exit_2_with_one_line(board_model, tmp_path: Path) -> Non
 def test_torch_backend_agrees_with_onnxruntime(board_model, backend) -> None:
     torch_backend = load_backend(BackendConfig(kind="torch", model=str(board_model[0]), threads=2))
     assert torch_backend.info.model_id == backend.info.model_id
+    assert_same_results(torch_backend, backend)
+
+
+def assert_same_results(a, b) -> None:
+    """Two backends give the same maps and scores on the synthetic camera's frames (float error)."""
     cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.5, pool=3, fps=1000))
     cam.open()
     frames = np.stack([img for img, _ in cam.pool])
-    m1, s1 = torch_backend.infer(frames)
-    m2, s2 = backend.infer(frames)
+    m1, s1 = a.infer(frames)
+    m2, s2 = b.infer(frames)
     np.testing.assert_allclose(s1, s2, atol=1e-4)
     np.testing.assert_allclose(m1, m2, atol=1e-4)
+
+
+def test_openvino_backend_agrees_with_onnxruntime(board_model, backend, tmp_path: Path) -> None:
+    """The same .onnx on OpenVINO's CPU plugin: same model identity, maps and scores within float error;
+    a file without proad's metadata is refused with one line."""
+    pytest.importorskip("openvino", reason="the openvino backend needs openvino (pip install '.[openvino]')")
+    from proad.edge.backends import ModelLoadError
+
+    for hint in ("latency", "throughput"):
+        ov_backend = load_backend(BackendConfig(kind="openvino", model=str(board_model[1]), threads=2,
+                                                openvino={"hint": hint}))
+        assert ov_backend.info.model_id == backend.info.model_id and ov_backend.info.backend == "openvino"
+        assert_same_results(ov_backend, backend)
+        ov_backend.close()
+    import onnx
+
+    bare = onnx.load(str(board_model[1]))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ModelLoadError, match="not a proad-export ONNX model"):
+        load_backend(BackendConfig(kind="openvino", model=str(tmp_path / "bare.onnx")))
 
 
 def test_a_tiled_camera_publishes_stitched_maps_beside_a_plain_one(board_model, backend) -> None:

@@ -1,4 +1,4 @@
-"""Inference backends behind one interface (:class:`Backend`): ONNX Runtime, torch, TensorRT.
+"""Inference backends behind one interface (:class:`Backend`): ONNX Runtime, OpenVINO, torch, TensorRT.
 
 Each is imported only when chosen, so the runtime needs only the one it uses.
 """
@@ -17,6 +17,10 @@ def load_backend(cfg: BackendConfig) -> Backend:
         from proad.edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(cfg)
+    if cfg.kind == "openvino":
+        from proad.edge.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(cfg)
     if cfg.kind == "torch":
         from proad.edge.backends.torch_backend import TorchBackend
 

@@ -41,11 +41,13 @@ class Mosquitto:
     def start(self, timeout_s: float = 30.0) -> Mosquitto:
         assert MOSQUITTO is not None
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.DEVNULL)  # it logs to mosquitto.log
         deadline = time.monotonic() + timeout_s
         while True:  # listening when a TCP connect succeeds
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.proc.stderr.read()!r}")
+                log = self.folder / "mosquitto.log"
+                tail = log.read_text()[-500:] if log.exists() else ""
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {tail}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return self

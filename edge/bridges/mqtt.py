@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import socket
 import threading
@@ -46,7 +47,7 @@ import numpy as np
 import zmq
 from paho.mqtt.client import Client, MQTTErrorCode
 from paho.mqtt.enums import CallbackAPIVersion
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from proad.edge.bridges.link import DaemonLink
 from proad.edge.messages import FrameResult, WireError, as_bytes, decode_header, decode_map, map_to_float
@@ -73,6 +74,12 @@ class BrokerConfig(_Strict):
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _backoff(self) -> BrokerConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(f"reconnect_min_s {self.reconnect_min_s} exceeds reconnect_max_s {self.reconnect_max_s}")
+        return self
+
 
 class MqttBridgeConfig(_Strict):
     daemon: DaemonLink = DaemonLink()
@@ -98,7 +105,8 @@ class MqttBridge:
         self.published: queue.SimpleQueue[int] = queue.SimpleQueue()  # mids the broker took (paho's thread)
         self.ng_waiting: dict[str, set[int]] = {}  # result_id -> mids not yet acknowledged by the broker
         self.mid_record: dict[int, str] = {}
-        self.ok_waiting: dict[int, str | None] = {}  # stream messages: id -> the result's decision (None: attachment)
+        # stream messages: id -> (the result's decision, None for an attachment; QoS; the connection it went on)
+        self.ok_waiting: dict[int, tuple[str | None, int, int]] = {}
         self.closing = False
         self.connections = 0  # paho's thread counts connects; the loop compares to forget lost QoS 0 messages
         self.connections_seen = 0
@@ -127,20 +135,26 @@ class MqttBridge:
                 self.close()
                 raise StartupError(f"cannot bind the status socket to {cfg.status_endpoint}: {exc}") from exc
             self.status_endpoint = self.status.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.mqtt = self._client()
+        try:
+            self.mqtt = self._client()
+        except (OSError, ValueError) as exc:  # e.g. an unreadable TLS CA file
+            self.close()
+            raise StartupError(f"cannot set up the MQTT client: {exc}") from exc
 
     # -- MQTT ----------------------------------------------------------------------------------
     def _client(self) -> Client:
         b = self.cfg.broker
-        client = Client(CallbackAPIVersion.VERSION2, client_id=b.client_id or f"proad-bridge-{socket.gethostname()}")
+        client_id = b.client_id or f"proad-bridge-{socket.gethostname()}-{os.getpid()}"  # two bridges never clash
+        client = Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         if b.username is not None:
             client.username_pw_set(b.username, b.password)
         if b.tls_ca is not None:
             client.tls_set(ca_certs=b.tls_ca)
-        client.reconnect_delay_set(max(1, round(b.reconnect_min_s)), max(1, round(b.reconnect_max_s)))
+        client.reconnect_delay_set(b.reconnect_min_s, b.reconnect_max_s)  # type: ignore[arg-type] # floats work
         client.max_queued_messages_set(0)  # NG messages are bounded by the daemon's window; OK ones by us
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = lambda _c, _u, mid, _rc, _p: self.published.put(mid)
         client.connect_async(b.host, b.port, b.keepalive_s)
         client.loop_start()  # connects, and reconnects with backoff, in paho's own thread
@@ -156,6 +170,13 @@ class MqttBridge:
         self.connections += 1
         log.info("connected to the MQTT broker %s:%d", self.cfg.broker.host, self.cfg.broker.port)
         self.connected.set()
+
+    def _on_connect_fail(self, _client: Client, _userdata: object) -> None:
+        self.counters["broker_connect_failures"] += 1
+        n = self.counters["broker_connect_failures"]
+        if n in (1, 10, 100) or n % 1000 == 0:  # logged, but not once per backoff step forever
+            log.error("cannot reach the MQTT broker %s:%d (%d attempts so far); retrying with backoff",
+                      self.cfg.broker.host, self.cfg.broker.port, n)
 
     def _on_disconnect(self, _client: Client, _userdata: object, _flags: object, reason: Any, _props: object) -> None:
         if self.connected.is_set() and not self.closing:
@@ -234,7 +255,8 @@ class MqttBridge:
             elif len(self.ok_waiting) >= self.cfg.max_pending_ok:
                 self._drop(h.decision, "backlog")
             elif mids := self._publish(h, r.map, r.frame_jpeg, qos):
-                self.ok_waiting.update({mid: h.decision if i == 0 else None for i, mid in enumerate(mids)})
+                gen = self.connections
+                self.ok_waiting.update({mid: (h.decision if i == 0 else None, qos, gen) for i, mid in enumerate(mids)})
             else:
                 self._drop(h.decision, "client_refused")
 
@@ -283,20 +305,23 @@ class MqttBridge:
 
     def _settle(self) -> None:
         """Turn the broker's acknowledgements into the daemon's: an NG record is done when all its are."""
-        if self.connections != self.connections_seen:  # reconnected: QoS 0 messages not yet sent were lost
+        self._take_acks()
+        if self.connections != self.connections_seen:  # reconnected: QoS 0 messages sent before were lost
             self.connections_seen = self.connections
-            if self.cfg.qos_ok == 0:
-                for decision in self.ok_waiting.values():
+            for mid, (decision, qos, gen) in list(self.ok_waiting.items()):
+                if qos == 0 and gen < self.connections:  # QoS 1 ones paho sends again itself
+                    del self.ok_waiting[mid]
                     if decision is not None:
                         self._drop(decision, "broker_lost")
-                self.ok_waiting.clear()
+
+    def _take_acks(self) -> None:
         while True:
             try:
                 mid = self.published.get_nowait()
             except queue.Empty:
                 return
             if mid in self.ok_waiting:
-                decision = self.ok_waiting.pop(mid)
+                decision = self.ok_waiting.pop(mid)[0]
                 if decision is not None:  # NG here only without an NG channel: best effort
                     self.counters["ok_published" if decision == "OK" else "ng_published_best_effort"] += 1
                 continue

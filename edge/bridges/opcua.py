@@ -218,6 +218,9 @@ class OpcUaBridgeConfig(BaseModel):
         dupes = sorted({c for c in self.cameras if self.cameras.count(c) > 1})
         if dupes:
             raise ValueError(f"camera ids must be unique, repeated: {', '.join(dupes)}")
+        nested = sorted(f"{a} / {b}" for a in self.cameras for b in self.cameras if b.startswith(a + "."))
+        if nested:  # node ids are ProadEdge.<camera>.<name>: "a" and "a.Seq" would be one node
+            raise ValueError(f"camera ids whose node ids would collide: {', '.join(nested)}")
         clash = sorted(set(self.cameras) & set(ROOT_STATE))
         if clash:
             raise ValueError(f"camera ids {clash} clash with the variables of {ROOT}")
@@ -383,9 +386,10 @@ class _StatusPoller(threading.Thread):
 def _count(snapshot: dict[str, Any], key: str, camera: str) -> int:
     """A per-camera counter of the daemon's status, 0 when absent or malformed."""
     value = snapshot.get(key, {})
-    if key == "dropped":  # {reason: {camera: n}}
+    if key == "dropped":  # {reason: {camera: n}}; spool_full/spool_error count NGs not spooled (still published)
         total = 0
-        for per_camera in value.values() if isinstance(value, dict) else ():
+        reasons = value if isinstance(value, dict) else {}
+        for per_camera in (n for r, n in reasons.items() if not str(r).startswith("spool_")):
             n = per_camera.get(camera, 0) if isinstance(per_camera, dict) else 0
             total += n if isinstance(n, int) and n >= 0 else 0
         return total

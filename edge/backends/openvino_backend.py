@@ -1,0 +1,82 @@
+"""OpenVINO backend: the exported ONNX graph on Intel's CPU runtime, beside ONNX Runtime.
+
+Many lines run on CPU-only edge PCs, and OpenVINO is what anomalib deploys to CPUs. The same ``.onnx``
+file that ONNX Runtime runs is read here (no conversion step), its proad metadata checked the same
+way (OpenVINO keeps ONNX ``metadata_props`` in the model's ``framework`` runtime info), and compiled
+for the CPU plugin with the backend config's ``threads`` and ``openvino`` options (performance hint,
+streams, precision). ``precision: f32`` is the default because OpenVINO's own CPU default on
+machines with bf16 units is bf16, which moves the anomaly maps (README, "Export and CPU speed").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata
+from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError
+from proad.edge.config import BackendConfig
+
+
+class OpenVinoBackend(Backend):
+    def __init__(self, cfg: BackendConfig) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ModelLoadError("the openvino backend needs openvino: pip install 'proad-edge[openvino]'") from exc
+        path = Path(cfg.model)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        if cfg.device == "cuda":
+            raise ModelLoadError("the openvino backend runs on the CPU; device 'cuda' is for onnxruntime or tensorrt")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: OpenVINO cannot read it: {str(exc).splitlines()[0][:200]}") from exc
+        try:
+            meta = OnnxMetadata.from_props(_metadata_props(model))
+        except (KeyError, ValueError, AttributeError, TypeError, RuntimeError) as exc:  # no or foreign rt_info
+            raise ModelLoadError(f"{path}: not a proad-export ONNX model (metadata missing or invalid)") from exc
+        if meta.plugin:
+            raise ModelLoadError(f"{path} holds TensorRT plugin nodes; export without --plugin for OpenVINO")
+        inputs = [i.get_any_name() for i in model.inputs]
+        outputs = [o.get_any_name() for o in model.outputs]
+        if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
+            raise ModelLoadError(f"{path}: expected input 'image' and outputs 'anomaly_map', 'score'")
+        batch_dim = model.inputs[0].get_partial_shape()[0]
+        self.fixed_batch = batch_dim.get_length() if batch_dim.is_static else None
+        self.max_batch = self.fixed_batch or cfg.max_batch
+        options: dict[str, Any] = {
+            "PERFORMANCE_HINT": cfg.openvino.hint.upper(),
+            "INFERENCE_PRECISION_HINT": cfg.openvino.precision,
+        }
+        if cfg.threads:
+            options["INFERENCE_NUM_THREADS"] = cfg.threads
+        if cfg.openvino.streams:
+            options["NUM_STREAMS"] = cfg.openvino.streams
+        try:
+            self.compiled = core.compile_model(model, "CPU", options)
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: OpenVINO cannot compile it for the CPU: "
+                                 f"{str(exc).splitlines()[0][:200]}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
+        self.info = ModelInfo.from_metadata(meta, str(path), "openvino", "cpu")
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(images)
+        if self.fixed_batch and n != self.fixed_batch:  # a fixed-batch graph: pad, then cut
+            pad = np.zeros((self.fixed_batch - n, *images.shape[1:]), np.uint8)
+            images = np.concatenate([images, pad])
+        result = self.request.infer({INPUT_NAME: np.ascontiguousarray(images)})
+        amap, score = (np.array(result[o], np.float32) for o in self.outputs)  # copies: the request reuses its buffers
+        return amap[:n], score[:n]
+
+
+def _metadata_props(model: Any) -> dict[str, str]:
+    """The ONNX ``metadata_props`` as OpenVINO's ONNX frontend keeps them (rt_info ``framework``)."""
+    framework = model.get_rt_info()["framework"]
+    return {str(key): value.astype(str) for key, value in framework.items()}
