@@ -68,8 +68,14 @@ def _bridge(config: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_every_ng_reaches_the_broker_across_restarts_and_kills(board_model, backend, tmp_path: Path) -> None:
+@pytest.fixture
+def broker(tmp_path: Path):  # -> Mosquitto, stopped whatever the test does
     broker = Mosquitto(tmp_path / "broker").start()
+    yield broker
+    broker.stop()
+
+
+def test_every_ng_reaches_the_broker_across_restarts_and_kills(board_model, backend, broker, tmp_path: Path) -> None:
     listener = Listener(broker.port, "proad/+/NG")
     frames = 240
     cfg = PipelineConfig.model_validate({
