@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 import zmq
 
-from proad.edge.messages import WireError, as_bytes, decode_header, decode_map, map_to_float
-from proad.edge.ng_channel import ACK, HELLO, NG
+from proad.edge.messages import WireError, as_bytes, map_to_float
+from proad.edge.ng_channel import ACK, HELLO, NG, decode_record
 from proad.edge.security import ClientKeys
 from proad.viz import heatmap
 
@@ -109,12 +109,7 @@ class Archiver:
             log.warning("ignored an NG record with an unusable id %r", parts[1][:40])
             return None, "ignored"
         try:
-            if len(parts) not in (4, 5):
-                raise WireError(f"{len(parts)} parts")
-            header = decode_header(parts[2])
-            amap = decode_map(header, parts[3])
-            if header.result_id != result_id or header.has_frame != (len(parts) == 5):
-                raise WireError("id or frame part does not match the header")
+            header, amap, _ = decode_record(result_id, parts[2:])
         except WireError as exc:
             log.error("NG record %s does not parse (%s); kept raw under rejected/", result_id, exc)
             folder = self.out / "rejected"

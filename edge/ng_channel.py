@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import zmq
 
 from proad.edge.config import NGChannelConfig
-from proad.edge.messages import as_bytes
+from proad.edge.messages import FrameResult, WireError, as_bytes, decode_header, decode_map
 from proad.edge.security import CurveServer
 from proad.edge.sockets import SocketThread, serve
 from proad.edge.spool import Spool
@@ -54,6 +55,18 @@ def parse_archiver_message(parts: list[bytes]) -> tuple[bytes, str | None]:
         except UnicodeDecodeError as exc:
             raise ProtocolError("result id is not ASCII") from exc
     raise ProtocolError(f"unexpected message {command[:16]!r} with {len(parts)} part(s)")
+
+
+def decode_record(result_id: str, parts: list[bytes]) -> tuple[FrameResult, np.ndarray, bytes | None]:
+    """A delivered record's ``[header, map, (JPEG)]`` (what follows ``NG, result_id``), checked against its
+    id; raises :class:`WireError` naming what is wrong. Archivers and the MQTT bridge read records so."""
+    if len(parts) not in (2, 3):
+        raise WireError(f"{len(parts) + 2} parts")
+    header = decode_header(parts[0])
+    amap = decode_map(header, parts[1])
+    if header.result_id != result_id or header.has_frame != (len(parts) == 3):
+        raise WireError("id or frame part does not match the header")
+    return header, amap, parts[2] if len(parts) == 3 else None
 
 
 class NGChannel(SocketThread):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from proad.artifacts import OnnxMetadata
+from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata
 from proad.data.tiling import Grid
 
 
@@ -70,3 +70,19 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release explicitly
         pass
+
+
+def check_plain_graph(meta: OnnxMetadata, path: object, runtime: str, inputs: list[str], outputs: list[str]) -> None:
+    """What a runtime of the plain exported graph (ONNX Runtime, OpenVINO) refuses: plugin nodes, other I/O."""
+    if meta.plugin:
+        raise ModelLoadError(f"{path} holds TensorRT plugin nodes; export without --plugin for {runtime}")
+    if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
+        raise ModelLoadError(f"{path}: expected input 'image' and outputs 'anomaly_map', 'score'")
+
+
+def pad_batch(images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
+    """A fixed-batch graph's input: ``images`` padded with blank frames (the caller cuts the outputs)."""
+    n = len(images)
+    if not fixed_batch or n == fixed_batch:
+        return images
+    return np.concatenate([images, np.zeros((fixed_batch - n, *images.shape[1:]), np.uint8)])

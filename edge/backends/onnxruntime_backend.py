@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata
-from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError
+from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError, check_plain_graph, pad_batch
 from proad.edge.config import BackendConfig
 
 
@@ -46,12 +46,9 @@ class OnnxRuntimeBackend(Backend):
             meta = OnnxMetadata.from_props(props)
         except ValueError as exc:
             raise ModelLoadError(f"{path}: not a proad-export ONNX model (metadata missing or invalid)") from exc
-        if meta.plugin:
-            raise ModelLoadError(f"{path} holds TensorRT plugin nodes; export without --plugin for ONNX Runtime")
         inputs = self.session.get_inputs()
-        outputs = [o.name for o in self.session.get_outputs()]
-        if [i.name for i in inputs] != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
-            raise ModelLoadError(f"{path}: expected input 'image' and outputs 'anomaly_map', 'score'")
+        check_plain_graph(meta, path, "ONNX Runtime", [i.name for i in inputs],
+                          [o.name for o in self.session.get_outputs()])
         batch_dim = inputs[0].shape[0]
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
         self.max_batch = self.fixed_batch or cfg.max_batch
@@ -59,8 +56,5 @@ class OnnxRuntimeBackend(Backend):
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
-        if self.fixed_batch and n != self.fixed_batch:  # a fixed-batch graph: pad, then cut
-            pad = np.zeros((self.fixed_batch - n, *images.shape[1:]), np.uint8)
-            images = np.concatenate([images, pad])
-        amap, score = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        amap, score = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pad_batch(images, self.fixed_batch)})
         return amap[:n], score[:n]

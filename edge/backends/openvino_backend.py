@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata
-from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError
+from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError, check_plain_graph, pad_batch
 from proad.edge.config import BackendConfig
 
 
@@ -40,12 +40,8 @@ class OpenVinoBackend(Backend):
             meta = OnnxMetadata.from_props(_metadata_props(model))
         except (KeyError, ValueError, AttributeError, TypeError, RuntimeError) as exc:  # no or foreign rt_info
             raise ModelLoadError(f"{path}: not a proad-export ONNX model (metadata missing or invalid)") from exc
-        if meta.plugin:
-            raise ModelLoadError(f"{path} holds TensorRT plugin nodes; export without --plugin for OpenVINO")
-        inputs = [i.get_any_name() for i in model.inputs]
-        outputs = [o.get_any_name() for o in model.outputs]
-        if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
-            raise ModelLoadError(f"{path}: expected input 'image' and outputs 'anomaly_map', 'score'")
+        check_plain_graph(meta, path, "OpenVINO", [i.get_any_name() for i in model.inputs],
+                          [o.get_any_name() for o in model.outputs])
         batch_dim = model.inputs[0].get_partial_shape()[0]
         self.fixed_batch = batch_dim.get_length() if batch_dim.is_static else None
         self.max_batch = self.fixed_batch or cfg.max_batch
@@ -68,10 +64,7 @@ class OpenVinoBackend(Backend):
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
-        if self.fixed_batch and n != self.fixed_batch:  # a fixed-batch graph: pad, then cut
-            pad = np.zeros((self.fixed_batch - n, *images.shape[1:]), np.uint8)
-            images = np.concatenate([images, pad])
-        result = self.request.infer({INPUT_NAME: np.ascontiguousarray(images)})
+        result = self.request.infer({INPUT_NAME: np.ascontiguousarray(pad_batch(images, self.fixed_batch))})
         amap, score = (np.array(result[o], np.float32) for o in self.outputs)  # copies: the request reuses its buffers
         return amap[:n], score[:n]
 

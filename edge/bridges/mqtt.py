@@ -50,8 +50,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from proad.edge.bridges.link import DaemonLink
-from proad.edge.messages import FrameResult, WireError, as_bytes, decode_header, decode_map, map_to_float
-from proad.edge.ng_channel import ACK, HELLO, NG
+from proad.edge.messages import FrameResult, WireError, as_bytes, map_to_float
+from proad.edge.ng_channel import ACK, HELLO, NG, decode_record
 from proad.edge.sockets import StartupError
 from proad.edge.subscriber import Subscriber
 from proad.viz import heatmap
@@ -284,18 +284,13 @@ class MqttBridge:
                 self.counters["ng_deferred"] += 1  # not acknowledged: the daemon keeps it and sends it again
                 continue
             try:
-                if len(parts) not in (4, 5):
-                    raise WireError(f"{len(parts)} parts")
-                header = decode_header(parts[2])
-                amap = decode_map(header, parts[3])
-                if header.result_id != result_id:
-                    raise WireError("the record's id does not match its header")
+                header, amap, jpeg = decode_record(result_id, parts[2:])
             except WireError as exc:  # acknowledged, so it cannot loop forever; logged and counted
                 log.error("NG record %s does not parse (%s); acknowledged and not published", result_id, exc)
                 self.counters["ng_rejected"] += 1
                 self._send([ACK, parts[1]])
                 continue
-            mids = self._publish(header, amap, parts[4] if len(parts) == 5 else None, self.cfg.qos_ng)
+            mids = self._publish(header, amap, jpeg, self.cfg.qos_ng)
             if not mids:
                 self.counters["ng_deferred"] += 1
                 continue
