@@ -7,6 +7,8 @@ import json
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -64,3 +66,13 @@ def write_results(name: str, data: dict[str, Any], table: str, show: bool = True
         print(table)
         print(f"wrote {js} and {md}")
     return js, md
+
+
+def throughput(run: Callable[[Any], Any], images: Any, seconds: float) -> float:
+    """Images per second of ``run(images)`` called flat out for ``seconds`` (after one warm-up call)."""
+    run(images)
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        run(images)
+        done += len(images)
+    return done / (time.perf_counter() - t0)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,20 +23,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_results
+from common import machine, throughput, write_results
 from proad.checkpoint import Checkpoint, save_checkpoint
 from proad.config import ModelConfig
 from proad.export.onnx_export import export_onnx, sample_images
 from proad.model import ProAD
-
-
-def throughput(run: Callable[[np.ndarray], Any], images: np.ndarray, seconds: float) -> float:
-    run(images)  # warm-up
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        run(images)
-        done += len(images)
-    return done / (time.perf_counter() - t0)
 
 
 def main() -> int:

@@ -13,7 +13,18 @@ For each backend (ONNX Runtime, OpenVINO, torch) on this machine, at 256x256 wit
    header) and capture -> received, percentiles;
 5. **daemon overloaded, 2 x 2 tiles**: as 2 with the camera's frames cut into four inputs
    (``cameras[].tiles``, what a large-picture category gets): what tiling costs a line, as the
-   share of the backend's rate divided by four that the daemon keeps.
+   share of the backend's rate divided by four that the daemon keeps;
+6. **several cameras** (``--cameras 4 8``), batched across cameras (``backend.max_batch`` = the
+   number of cameras), beside the backend alone at that batch: offered at half its rate (every
+   camera must be served, < 1 % dropped, p99 capture -> publish < 100 ms) and at twice it (the
+   daemon's share of backend-alone throughput, and how evenly the cameras are served: the spread
+   of their frame rates, (max - min) / mean).
+
+The machine's speed drifts by tens of percent within minutes, so the backend alone is measured
+right before and right after each backend's daemon runs, and the ratios use their mean (both are
+kept). ``openvino-int8`` is the OpenVINO backend on the int8 graph ``proad-export onnx --precision
+int8`` writes (calibrated here on the synthetic camera's frames; its accuracy is judged on real
+images by ``bench/int8.py``, not here).
 
 The model is the default architecture, untrained (speed does not depend on the weights); the
 daemon's threshold is set from the backend-alone scores so that a fifth of the frames are NG, as
@@ -21,13 +32,15 @@ the camera's defect rate would make them, since every NG also costs a JPEG.
 
 Writes ``bench/results/pipeline.json`` and ``pipeline.md``.
 
-    python bench/pipeline.py [--seconds 10] [--threads 2] [--backends onnxruntime torch]
+    python bench/pipeline.py [--seconds 10] [--threads 2] [--backends onnxruntime openvino openvino-int8 torch]
+                             [--cameras 4 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -60,15 +73,39 @@ def make_model(tmp: Path) -> tuple[Path, Path]:
     return ckpt, onnx_path
 
 
-def backend_alone(kind: str, model: Path, threads: int, seconds: float, frames: np.ndarray) -> tuple[float, float]:
-    """(images/s, a threshold making a fifth of the camera's frames NG, as its defect rate does)."""
-    backend = load_backend(BackendConfig(kind=kind, model=str(model), threads=threads, device="cpu"))
+def make_int8(ckpt: Path, onnx_path: Path, frames: np.ndarray, tmp: Path) -> Path:
+    """The int8 graph of ``proad-export onnx --precision int8``, calibrated on the camera's frames.
+
+    Speed only: the untrained model's int8 is not held to the fp32 check here (``bench/int8.py``
+    judges a trained model's on real images), so the tolerance is open."""
+    import cv2
+
+    from proad.checkpoint import load_model
+    from proad.export.quantize import first_feature_block, quantize
+
+    calib = tmp / "calibration"
+    calib.mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(calib / f"{i:03d}.png"), frame)
+    out = tmp / "model-int8.onnx"
+    model, _ = load_model(ckpt)
+    open_tolerance = {"score_error_rel": math.inf, "map_error_rel_p999": math.inf, "spearman_min": -math.inf}
+    quantize(onnx_path, out, [calib], first_feature_block(model), tolerance=open_tolerance)
+    return out
+
+
+def backend_alone(
+    kind: str, model: Path, threads: int, seconds: float, frames: np.ndarray, batch: int = 1
+) -> tuple[float, float]:
+    """(images/s at ``batch``, a threshold making a fifth of the camera's frames NG, as its defect rate does)."""
+    backend = load_backend(BackendConfig(kind=kind, model=str(model), threads=threads, device="cpu", max_batch=batch))
     backend.warmup()
     done, t0, scores = 0, time.perf_counter(), []
     while time.perf_counter() - t0 < seconds:
-        _, score = backend.infer(frames[done % len(frames)][None])
-        scores.append(float(score[0]))
-        done += 1
+        picks = [(done + i) % len(frames) for i in range(batch)]
+        _, score = backend.infer(frames[picks])
+        scores.extend(float(v) for v in score)
+        done += batch
     fps = done / (time.perf_counter() - t0)
     backend.close()
     return fps, float(np.quantile(scores[: len(frames)], 0.8))
@@ -76,18 +113,21 @@ def backend_alone(kind: str, model: Path, threads: int, seconds: float, frames: 
 
 def daemon_run(
     kind: str, model: Path, threads: int, seconds: float, fps: float, tmp: Path, threshold: float,
-    stalled: bool = False, tiles: tuple[int, int] | None = None,
+    stalled: bool = False, tiles: tuple[int, int] | None = None, cameras: int = 1,
 ) -> dict[str, Any]:
+    """One daemon process: ``cameras`` synthetic cameras at ``fps`` each, batched across cameras."""
+    ids = [f"cam{i}" for i in range(cameras)]
     cfg = {
-        "cameras": [{"id": "cam0", "source": {"kind": "synthetic", "category": "board", "fps": fps, "pool": 32,
-                                              "defect_rate": 0.2}, "tiles": tiles}],
-        "backend": {"kind": kind, "model": str(model), "threads": threads, "device": "cpu", "max_batch": 1},
+        "cameras": [{"id": cid, "source": {"kind": "synthetic", "category": "board", "fps": fps,
+                                           "pool": 32 if cameras == 1 else 12, "defect_rate": 0.2, "seed": i},
+                     "tiles": tiles} for i, cid in enumerate(ids)],
+        "backend": {"kind": kind, "model": str(model), "threads": threads, "device": "cpu", "max_batch": cameras},
         "threshold": threshold,  # the untrained model's scores: a fifth NG, each with its JPEG, as on a line
         "publish": {"endpoint": "tcp://127.0.0.1:5565", "hwm": 1000},
         "status": {"endpoint": None},
         "log_level": "WARNING",
     }  # fmt: skip
-    path = tmp / f"{kind}_{fps:g}{'_tiled' if tiles else ''}.json"
+    path = tmp / f"{kind}_{cameras}x{fps:g}{'_tiled' if tiles else ''}.json"
     path.write_text(json.dumps(cfg))
     sub = Subscriber("tcp://127.0.0.1:5565")
     stalled_sub = None
@@ -105,6 +145,7 @@ def daemon_run(
         raise RuntimeError(f"no results from the {kind} daemon: {proc.communicate()[1][-2000:]}")
     skip_until = time.monotonic() + 1.0  # let it settle before counting
     count, total_ms, e2e_ms, t_start = 0, [], [], None
+    per_camera = dict.fromkeys(ids, 0)
     while (r := sub.recv(timeout_ms=5000)) is not None:
         now = time.monotonic()
         if now < skip_until:
@@ -114,6 +155,7 @@ def daemon_run(
         if now - t_start >= seconds:
             break
         count += 1
+        per_camera[r.header.camera_id] += 1
         total_ms.append(r.header.latency_ms["total"])
         e2e_ms.append((time.time() - r.header.capture_ts) * 1000)
     elapsed = time.monotonic() - t_start if t_start else 1.0
@@ -124,22 +166,69 @@ def daemon_run(
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} daemon exited {proc.returncode}: {err[-2000:]}")
     summary = json.loads(out.strip().splitlines()[-1])
+    rates = {cid: n / elapsed for cid, n in per_camera.items()}
+    dropped = {cid: sum(c.get(cid, 0) for c in summary["dropped"].values()) for cid in ids}
+    frames_in = {cid: summary["frames_in"].get(cid, 0) for cid in ids}
     return {
         "fps": count / elapsed,
         "camera_fps": fps,
+        "cameras": cameras,
         "latency_publish_ms": {f"p{q}": float(np.percentile(total_ms, q)) for q in (50, 90, 99)},
         "latency_received_ms": {f"p{q}": float(np.percentile(e2e_ms, q)) for q in (50, 90, 99)},
         "daemon_dropped": summary["dropped"],
-        "missed_on_wire": int(sub.missed["cam0"]),
+        "per_camera_fps": rates,
+        "camera_spread": (max(rates.values()) - min(rates.values())) / max(1e-9, float(np.mean(list(rates.values())))),
+        "dropped_share": {cid: dropped[cid] / max(1, frames_in[cid]) for cid in ids},
+        "missed_on_wire": int(sum(sub.missed[cid] for cid in ids)),
     }
+
+
+def measure_backend(
+    label: str, kind: str, model: Path, args: argparse.Namespace, frames: np.ndarray, tmp: Path
+) -> dict[str, Any]:
+    """Every daemon case of one backend, each group bracketed by the backend alone before and after."""
+    before, thr = backend_alone(kind, model, args.threads, args.seconds / 2, frames)
+    flat = daemon_run(kind, model, args.threads, args.seconds, round(2 * before), tmp, thr)
+    stall = daemon_run(kind, model, args.threads, args.seconds, round(2 * before), tmp, thr, stalled=True)
+    paced = daemon_run(kind, model, args.threads, args.seconds, 60.0, tmp, thr)
+    tiled = daemon_run(kind, model, args.threads, args.seconds, round(before / 2), tmp, thr, tiles=(2, 2))
+    after, _ = backend_alone(kind, model, args.threads, args.seconds / 2, frames)
+    alone = (before + after) / 2
+    row: dict[str, Any] = {
+        "backend_alone_fps": alone, "backend_alone_before_after": [before, after], "daemon_fps": flat["fps"],
+        "ratio": flat["fps"] / alone, "daemon_fps_stalled_subscriber": stall["fps"],
+        "stalled_ratio": stall["fps"] / flat["fps"], "flat_out": flat, "stalled_subscriber": stall,
+        "at_60fps": paced, "tiled_2x2": tiled, "tiled_ratio": 4 * tiled["fps"] / alone, "multi_camera": [],
+    }  # fmt: skip
+    print(f"{label}: backend alone {alone:.1f} img/s ({before:.1f} before, {after:.1f} after), daemon "
+          f"{flat['fps']:.1f} FPS ({row['ratio']:.0%}), with a stalled subscriber {stall['fps']:.1f} FPS "
+          f"({row['stalled_ratio']:.0%}); at 60 fps: {paced['fps']:.1f} FPS, p50/p99 capture->publish "
+          f"{paced['latency_publish_ms']['p50']:.1f}/{paced['latency_publish_ms']['p99']:.1f} ms; "
+          f"2x2 tiles: {tiled['fps']:.1f} FPS ({row['tiled_ratio']:.0%} of alone / 4)", flush=True)
+    for n in args.cameras:
+        b_before, _ = backend_alone(kind, model, args.threads, args.seconds / 2, frames, batch=n)
+        below = daemon_run(kind, model, args.threads, args.seconds, b_before / 2 / n, tmp, thr, cameras=n)
+        over = daemon_run(kind, model, args.threads, args.seconds, 2 * b_before / n, tmp, thr, cameras=n)
+        b_after, _ = backend_alone(kind, model, args.threads, args.seconds / 2, frames, batch=n)
+        b_alone = (b_before + b_after) / 2
+        multi = {"cameras": n, "backend_alone_fps": b_alone, "backend_alone_before_after": [b_before, b_after],
+                 "below": below, "overloaded": over, "overloaded_ratio": over["fps"] / b_alone}  # fmt: skip
+        row["multi_camera"].append(multi)
+        print(f"{label}, {n} cameras: backend alone at batch {n} {b_alone:.1f} img/s; at half of it every camera "
+              f"{min(below['per_camera_fps'].values()):.1f}-{max(below['per_camera_fps'].values()):.1f} FPS, "
+              f"dropped at most {max(below['dropped_share'].values()):.2%}, p99 capture->publish "
+              f"{below['latency_publish_ms']['p99']:.1f} ms; overloaded {over['fps']:.1f} FPS "
+              f"({multi['overloaded_ratio']:.0%} of alone), camera spread {over['camera_spread']:.1%}", flush=True)
+    return row
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "torch"],
-                   choices=["onnxruntime", "openvino", "torch"])
+    p.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "openvino-int8", "torch"],
+                   choices=["onnxruntime", "openvino", "openvino-int8", "torch"])
+    p.add_argument("--cameras", nargs="*", type=int, default=[4, 8], help="several-camera cases (none: skip)")
     args = p.parse_args()
 
     cam = SyntheticCamera(SyntheticSource(category="board", pool=32, defect_rate=0.2, fps=1000))
@@ -149,46 +238,56 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         ckpt, onnx_path = make_model(tmp)
-        for kind in args.backends:
-            model = ckpt if kind == "torch" else onnx_path
-            alone, thr = backend_alone(kind, model, args.threads, args.seconds, frames)
-            flat = daemon_run(kind, model, args.threads, args.seconds, round(2 * alone), tmp, thr)
-            stall = daemon_run(kind, model, args.threads, args.seconds, round(2 * alone), tmp, thr, stalled=True)
-            paced = daemon_run(kind, model, args.threads, args.seconds, 60.0, tmp, thr)
-            tiled = daemon_run(kind, model, args.threads, args.seconds, round(alone / 2), tmp, thr, tiles=(2, 2))
-            row = {"backend": kind, "backend_alone_fps": alone, "daemon_fps": flat["fps"],
-                   "ratio": flat["fps"] / alone, "daemon_fps_stalled_subscriber": stall["fps"],
-                   "stalled_ratio": stall["fps"] / flat["fps"], "flat_out": flat, "stalled_subscriber": stall,
-                   "at_60fps": paced, "tiled_2x2": tiled, "tiled_ratio": 4 * tiled["fps"] / alone}  # fmt: skip
-            rows.append(row)
-            print(f"{kind}: backend alone {alone:.1f} img/s, daemon {flat['fps']:.1f} FPS ({row['ratio']:.0%}), "
-                  f"with a stalled subscriber {stall['fps']:.1f} FPS ({row['stalled_ratio']:.0%}); "
-                  f"at 60 fps: {paced['fps']:.1f} FPS, p50/p99 capture->publish "
-                  f"{paced['latency_publish_ms']['p50']:.1f}/{paced['latency_publish_ms']['p99']:.1f} ms; "
-                  f"2x2 tiles: {tiled['fps']:.1f} FPS ({row['tiled_ratio']:.0%} of alone / 4)", flush=True)
+        for name in args.backends:
+            kind, model = {"torch": ("torch", ckpt), "openvino-int8": ("openvino", None)}.get(name, (name, onnx_path))
+            if name == "openvino-int8":
+                model = make_int8(ckpt, onnx_path, frames, tmp)
+            assert model is not None
+            rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp)})
     data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rows": rows}
+    today = next((r for r in rows if r["backend"] == "onnxruntime"), None)
     lines = [
         "# Daemon end to end vs backend alone",
         "",
         f"{data['machine']['cpu']} ({data['machine']['cores']} cores), {args.threads} inference threads, default "
-        f"model, 256x256, synthetic board camera, loopback ZeroMQ, {data['machine']['date']}.",
+        f"model, 256x256, synthetic board camera(s), loopback ZeroMQ, {data['machine']['date']}. Backend alone: the "
+        "mean of its rate right before and right after that backend's daemon runs.",
         "",
-        "| backend | backend alone img/s | daemon overloaded FPS | daemon / alone | ... with a subscriber that never "
-        "reads: FPS (vs without) | at 60 fps: FPS | capture->publish p50 / p99 ms | capture->received p50 / p99 ms | "
-        "2x2 tiles overloaded: FPS (vs alone / 4) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | backend alone img/s | daemon overloaded FPS | daemon / alone | daemon vs ONNX Runtime's | "
+        "... with a subscriber that never reads: FPS (vs without) | at 60 fps: FPS | capture->publish p50 / p99 ms | "
+        "capture->received p50 / p99 ms | 2x2 tiles overloaded: FPS (vs alone / 4) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a = r["at_60fps"]
         lines.append(
             f"| {r['backend']} | {r['backend_alone_fps']:.1f} | {r['daemon_fps']:.1f} | {r['ratio']:.0%} | "
-            f"{r['daemon_fps_stalled_subscriber']:.1f} ({r['stalled_ratio']:.0%}) | {a['fps']:.1f} | "
+            + (f"{r['daemon_fps'] / today['daemon_fps']:.2f}x | " if today else "- | ")
+            + f"{r['daemon_fps_stalled_subscriber']:.1f} ({r['stalled_ratio']:.0%}) | {a['fps']:.1f} | "
             f"{a['latency_publish_ms']['p50']:.1f} / {a['latency_publish_ms']['p99']:.1f} | "
             f"{a['latency_received_ms']['p50']:.1f} / {a['latency_received_ms']['p99']:.1f} | "
-            + (f"{r['tiled_2x2']['fps']:.1f} ({r['tiled_ratio']:.0%}) |" if "tiled_2x2" in r else "- |")
+            f"{r['tiled_2x2']['fps']:.1f} ({r['tiled_ratio']:.0%}) |"
         )
     lines += ["", "Overloaded: the camera offers twice the backend-alone rate and the daemon drops the oldest waiting "
               "frame (counted); the daemon's FPS is what a subscriber received per second."]
+    if any(r["multi_camera"] for r in rows):
+        lines += [
+            "", "**Several cameras**, batched across cameras (max_batch = cameras), beside the backend alone at that "
+            "batch. Below capacity: the cameras together offer half the backend-alone rate. Overloaded: twice it; "
+            "spread = (fastest - slowest camera) / mean.", "",
+            "| backend | cameras | alone at that batch img/s | below: FPS per camera | below: most dropped | "
+            "below: p99 capture->publish ms | overloaded: FPS (vs alone) | overloaded: camera spread |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]  # fmt: skip
+        for r in rows:
+            for m in r["multi_camera"]:
+                b, o = m["below"], m["overloaded"]
+                lines.append(
+                    f"| {r['backend']} | {m['cameras']} | {m['backend_alone_fps']:.1f} | "
+                    f"{min(b['per_camera_fps'].values()):.1f}-{max(b['per_camera_fps'].values()):.1f} | "
+                    f"{max(b['dropped_share'].values()):.2%} | {b['latency_publish_ms']['p99']:.1f} | "
+                    f"{o['fps']:.1f} ({m['overloaded_ratio']:.0%}) | {o['camera_spread']:.1%} |"
+                )
     write_results("pipeline", data, "\n".join(lines))
     return 0
 

@@ -44,6 +44,7 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "pipeline": ("pipeline", ["pipeline.py"]),
     "soak": ("soak", ["soak.py", "--seconds", "120"]),
     "bridges": ("bridges", ["bridges.py"]),
+    "onnx_cpu": ("onnx_cpu", ["onnx_cpu.py"]),
 }
 
 
@@ -240,6 +241,18 @@ def main() -> int:
         "## The daemon end to end (`bench/pipeline.py`)",
         "",
         _md("pipeline"),
+        "",
+        "## The whole model on the CPU: torch, ONNX Runtime, OpenVINO (`bench/onnx_cpu.py`)",
+        "",
+        _md("onnx_cpu"),
+        "",
+        "## int8 against fp32 on the real sets (`bench/int8.py --checkpoint <a model trained on them>`, run apart)",
+        "",
+        _md("int8"),
+        "",
+        "## Training on one process and on two (`bench/ddp.py`, run apart: two trainings)",
+        "",
+        _md("ddp"),
         "",
         "## Soak under faults (`bench/soak.py`)",
         "",

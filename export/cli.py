@@ -3,10 +3,12 @@
 ::
 
     proad-export onnx --checkpoint model.pt --out model.onnx [--plugin] [--precision fp32|fp16] [--batch N|dynamic]
+    proad-export onnx --checkpoint model.pt --out model-int8.onnx --precision int8 --calibration DIR [DIR ...]
     proad-export build-engine --onnx model.onnx --out model.engine [--fp16] [--min-batch 1 --opt-batch 4 --max-batch 16]
                               [--workspace-mb 2048] [--timing-cache FILE] [--verbose]
 
-Exit codes: 0 done; 1 the export failed its check, or TensorRT could not parse/build; 2 bad
+Exit codes: 0 done; 1 the export failed its check (an int8 graph too far from fp32 on the held-out
+calibration images is refused and not written), or TensorRT could not parse/build; 2 bad
 arguments or input (missing file, not our checkpoint or graph, impossible batch range);
 3 TensorRT is not installed (build-engine only; the message says how to install it).
 """
@@ -52,8 +54,15 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, type=Path, help="ONNX file to write")
     o.add_argument("--plugin", action="store_true",
                    help="emit each attention as one proad::ProtoAttention node (for TensorRT's plugin)")
-    o.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="graph precision; fp16 is how TensorRT 11 builds fp16 engines (default fp32)")
+    o.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="graph precision; fp16 is how TensorRT 11 builds fp16 engines; int8 is a calibrated QDQ "
+                   "graph for the openvino backend, written only if it stays within tolerance of fp32 on held-out "
+                   "calibration images (default fp32)")
+    o.add_argument("--calibration", nargs="+", type=Path, metavar="DIR",
+                   help="int8: folders of normal images from the line (searched recursively; e.g. each "
+                   "category's train/good); every fourth image is held out for the check")
+    o.add_argument("--calibration-count", type=int, default=128,
+                   help="int8: at most this many calibration + check inputs (default 128)")
     o.add_argument("--batch", type=_batch, default=None, metavar="N|dynamic",
                    help="fixed batch size, or 'dynamic' (default)")
     o.add_argument("--tolerance", type=float,
@@ -84,10 +93,32 @@ def parser() -> argparse.ArgumentParser:
 def _onnx(args: argparse.Namespace) -> int:
     from proad.export.onnx_export import describe, dumps, export_onnx
 
+    if args.precision == "int8":
+        return _int8(args)
     report = export_onnx(args.checkpoint, args.out, args.precision, args.batch, args.plugin, args.tolerance)
     print(describe(report))
     if args.report:
         args.report.write_text(dumps(report) + "\n")
+    return EXIT_OK
+
+
+def _int8(args: argparse.Namespace) -> int:
+    """fp32 export (checked against torch), then quantization checked against that fp32 graph."""
+    import json
+    import tempfile
+
+    from proad.checkpoint import load_model
+    from proad.export.onnx_export import describe, export_onnx
+    from proad.export.quantize import describe_quant, first_feature_block, quantize
+
+    model, _ = load_model(args.checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(args.checkpoint, Path(tmp) / "fp32.onnx", "fp32", args.batch, False, args.tolerance)
+        print(describe(fp32))
+        report = quantize(fp32.path, args.out, args.calibration, first_feature_block(model), args.calibration_count)
+    print(describe_quant(report))
+    if args.report:
+        args.report.write_text(json.dumps({"fp32": fp32.to_dict(), "int8": report.to_dict()}, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -104,12 +135,16 @@ def _build(args: argparse.Namespace) -> int:
 
 def _failures() -> list[Failure]:
     from proad.checkpoint import CheckpointError
+    from proad.data.folder import DatasetError
     from proad.export.engine import BuildArgumentError, BuildError
     from proad.export.onnx_export import ExportError
+    from proad.export.quantize import CalibrationError
     from proad.kernels.trt_plugin import TensorRTUnavailable
 
     return [
         (CheckpointError, EXIT_BAD_INPUT, say("error: ")),
+        (CalibrationError, EXIT_BAD_INPUT, say("error: ")),
+        (DatasetError, EXIT_BAD_INPUT, say("error: ")),
         (BuildArgumentError, EXIT_BAD_INPUT, say("error: ")),
         (TensorRTUnavailable, EXIT_NO_TENSORRT, say("")),
         (ExportError, EXIT_FAILED, say("check failed: ")),
@@ -118,5 +153,13 @@ def _failures() -> list[Failure]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command == "onnx":  # argparse's own error: usage line, exit 2
+        if args.precision == "int8" and not args.calibration:
+            p.error("--precision int8 needs --calibration DIR [DIR ...] (normal images of the line)")
+        if args.precision == "int8" and args.plugin:
+            p.error("--precision int8 is a plain graph for the CPU backends; drop --plugin")
+        if args.calibration and args.precision != "int8":
+            p.error("--calibration is for --precision int8")
     return run_command("proad-export", _onnx if args.command == "onnx" else _build, args, _failures())

@@ -68,6 +68,9 @@ def validate(req: BuildRequest) -> OnnxMetadata:
         meta = read_metadata(req.onnx)
     except Exception as exc:
         raise BuildArgumentError(f"{req.onnx} is not a proad-export ONNX graph (no valid metadata): {exc}") from exc
+    if meta.precision == "int8":  # calibrated and checked for the CPU runtimes, not for TensorRT's kernels
+        raise BuildArgumentError(f"{req.onnx} is an int8 graph for the CPU backends (openvino, onnxruntime); "
+                                 "build engines from the fp32 or fp16 export")
     return meta
 
 

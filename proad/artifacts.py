@@ -53,7 +53,9 @@ class OnnxMetadata(BaseModel):
     threshold: float
     category_thresholds: dict[str, float] = Field(default_factory=dict)
     checkpoint_sha256: str
-    precision: Literal["fp32", "fp16"]
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        description="int8: a QDQ graph for the CPU backends (proad-export onnx --precision int8)"
+    )
     plugin: bool = Field(description="attention as proad::ProtoAttention nodes (TensorRT) or standard ops")
     input_layout: str = "uint8 NHWC BGR"
     image_size: int
@@ -81,7 +83,8 @@ class OnnxMetadata(BaseModel):
     @property
     def model_id(self) -> str:
         """Short id that names this model in results and logs."""
-        return self.checkpoint_sha256[:12]
+        # an int8 graph computes other maps than its checkpoint's fp32 graph: results must say which ran
+        return self.checkpoint_sha256[:12] + ("-int8" if self.precision == "int8" else "")
 
 
 class EngineInfo(BaseModel):

@@ -6,12 +6,18 @@ Exit codes mean the same in every tool:
 - 1  failed while working (a bug or an environment problem; the traceback is printed);
 - 2  bad input: arguments, config, dataset layout, image or checkpoint files (one line says what);
 - 130 interrupted (Ctrl-C).
+
+``python -m proad.cli synth|train|eval ARGS`` runs the same tools; training on several processes
+is ``torchrun --standalone --nproc-per-node R -m proad.cli train ARGS`` (or ``torchrun ...
+$(which proad-train) ARGS``; :mod:`proad.distributed`). There each rank exits with these codes and
+torchrun itself with 1 when any rank failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,11 +39,15 @@ def _failures() -> list[Failure]:
     from proad.checkpoint import CheckpointError
     from proad.config import format_validation_error
     from proad.data.folder import DatasetError
+    from proad.distributed import DistributedError
 
     bad = say("error: ")
     return [
         (ValidationError, EXIT_BAD_INPUT, lambda e: f"error: invalid config: {format_validation_error(e)}"),
-        *[(kind, EXIT_BAD_INPUT, bad) for kind in (DatasetError, CheckpointError, BackboneError, UsageError)],
+        *[
+            (kind, EXIT_BAD_INPUT, bad)
+            for kind in (DatasetError, CheckpointError, BackboneError, UsageError, DistributedError)
+        ],
     ]
 
 
@@ -77,7 +87,8 @@ def synth_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-defect", type=int, default=8, help="test images per defect kind (default 8)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; the same seed writes the same files")
     p.add_argument("--hard", action="store_true",
-                   help="small, faint defects on large grayscale non-square images (a set that still ranks methods)")
+                   help="small, faint defects on large grayscale non-square images "
+                        "(a set that still ranks methods)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -91,7 +102,7 @@ def _synth(args: argparse.Namespace) -> int:
     if min(args.train, args.test_good, args.test_per_defect) < 0 or args.train < 1:
         raise UsageError("--train must be >= 1 and the test counts >= 0")
     root = write_dataset(args.out, args.categories, args.train, args.test_good, args.test_per_defect, args.seed,
-                         progress=not args.quiet, hard=args.hard)
+                         progress=not args.quiet, hard=args.hard)  # fmt: skip
     print(f"wrote {len(args.categories)} categories to {root}")
     return EXIT_OK
 
@@ -123,7 +134,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help="starting point: " + "; ".join(f"{x.name}: {x.summary}" for x in PRESETS.values())
-                   + f" (default {DEFAULT_PRESET}); --model-config, --set and the flags below override it")
+                   + f" (default {DEFAULT_PRESET}); --model-config, --set and the flags below override it")  # fmt: skip
     p.add_argument("--model-config", type=Path, help="ModelConfig as JSON or YAML")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override ModelConfig fields")
     p.add_argument("--iterations", type=int, help="training iterations (default: the preset's, 1000 or 3000)")
@@ -133,13 +144,14 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="iterations between resumable snapshots")
     p.add_argument("--shift-copies", type=int, help="translated copies of each training image (default 0)")
     p.add_argument("--target-false-alarm", type=float,
-                   help="share of normal parts each category's threshold may reject (default 0.01)")
+                   help="share of normal parts each category's threshold may reject (default 0.01)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
     return p
 
 
 def _train(args: argparse.Namespace) -> int:
     from proad.config import load_config_file
+    from proad.distributed import from_env
     from proad.presets import preset_configs
     from proad.train import train
 
@@ -151,12 +163,13 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read --model-config {args.model_config}: {exc}") from exc
     model_fields.update(_parse_sets(args.set))
     names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every", "shift_copies",
-             "target_false_alarm")
+             "target_false_alarm")  # fmt: skip
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     model_cfg, train_cfg = preset_configs(args.preset, model_fields, given)
     train(args.data, args.out, model_cfg, train_cfg, args.categories, resume=args.resume, progress=not args.quiet,
-          preset=args.preset)
-    print(f"wrote {args.out}")
+          preset=args.preset)  # fmt: skip
+    if from_env().is_main:  # under torchrun, rank 0 wrote it
+        print(f"wrote {args.out}")
     return EXIT_OK
 
 
@@ -215,3 +228,24 @@ def _eval(args: argparse.Namespace) -> int:
 def eval_main(argv: Sequence[str] | None = None) -> int:
     args = eval_parser().parse_args(argv)
     return _run("proad-eval", _eval, args)
+
+
+# ------------------------------------------------------------------------------------------------
+# python -m proad.cli TOOL ARGS (what torchrun -m runs)
+
+TOOLS: dict[str, Callable[[Sequence[str] | None], int]] = {"synth": synth_main, "train": train_main, "eval": eval_main}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m proad.cli synth|train|eval ARGS``: the tool's ``*_main`` with the rest."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in TOOLS:
+        asked = args[:1] in (["-h"], ["--help"])
+        print(f"usage: python -m proad.cli {{{','.join(TOOLS)}}} ARGS (each tool has --help)",
+              file=sys.stdout if asked else sys.stderr)  # fmt: skip
+        return EXIT_OK if asked else EXIT_BAD_INPUT
+    return TOOLS[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

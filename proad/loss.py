@@ -10,9 +10,18 @@
   projection towards a collapsed constant.
 - Constraint (``constraint="loss"`` form only): the gap between adapted prototypes and their
   projection onto the bank's hull.
+
+On several processes (:mod:`proad.distributed`) each rank computes this loss on its equal share of
+the global batch. Every term is a mean over batch items (points, tokens, adapted prototypes of each
+image), so DistributedDataParallel's averaging of the ranks' gradients gives the gradient of the
+global batch's mean. The one quantity that is not such a mean is the hard-mining threshold, a
+quantile over the whole batch: :func:`cosine_hard_mining` takes a ``gather`` hook that hands it the
+global batch's distances.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,16 +29,28 @@ import torch.nn.functional as F
 from proad.config import ModelConfig
 from proad.model import DecoderOutput
 
+#: Turns this process's (detached) per-point distances ``[b, h, w]`` into the global batch's ``[B, h, w]``
+#: (any row order): :meth:`proad.distributed.World.all_gather_rows`.
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
 
 def cosine_hard_mining(
-    feats: list[torch.Tensor], recs: list[torch.Tensor], quantile: float, factor: float
+    feats: list[torch.Tensor],
+    recs: list[torch.Tensor],
+    quantile: float,
+    factor: float,
+    gather: Gather | None = None,
 ) -> torch.Tensor:
-    """Mean point-wise cosine distance; points below the ``quantile`` get ``factor`` of the weight."""
+    """Mean point-wise cosine distance; points below the ``quantile`` get ``factor`` of the weight.
+
+    ``gather``: on one of several processes, the quantile is taken over the global batch's distances
+    it returns, so every rank weighs its points as one process would; the mean stays over this
+    process's points (DDP averages it over the ranks). ``None``: this batch is the whole batch."""
     total = feats[0].new_zeros((), dtype=torch.float32)
     for f, r in zip(feats, recs, strict=True):
         d = 1.0 - F.cosine_similarity(f.float(), r, dim=1)
         with torch.no_grad():
-            flat = d.detach().flatten()
+            flat = (d.detach() if gather is None else gather(d.detach())).flatten()
             k = max(1, int(quantile * flat.numel()))
             thresh = flat.kthvalue(k).values
             weight = torch.where(d.detach() >= thresh, torch.ones_like(d), torch.full_like(d, factor))
@@ -44,13 +65,18 @@ def gather_loss(tokens: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
 
 
 def proad_loss(
-    feats: list[torch.Tensor], out: DecoderOutput, bank: torch.Tensor, cfg: ModelConfig
+    feats: list[torch.Tensor],
+    out: DecoderOutput,
+    bank: torch.Tensor,
+    cfg: ModelConfig,
+    gather: Gather | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its parts (for the progress bar)."""
-    rec = cosine_hard_mining(feats, out.reconstructions, cfg.hard_mining_quantile, cfg.hard_mining_factor)
-    gather = gather_loss(out.tokens, bank)
-    total = rec + cfg.gather_weight * gather
-    parts = {"rec": rec.item(), "gather": gather.item()}
+    """Total loss and its parts (for the progress bar), over this batch (``gather``: see
+    :func:`cosine_hard_mining`; the other terms are per-item means and need none)."""
+    rec = cosine_hard_mining(feats, out.reconstructions, cfg.hard_mining_quantile, cfg.hard_mining_factor, gather)
+    pull = gather_loss(out.tokens, bank)
+    total = rec + cfg.gather_weight * pull
+    parts = {"rec": rec.item(), "gather": pull.item()}
     if cfg.constraint == "loss":
         total = total + cfg.constraint_loss_weight * out.constraint_gap
         parts["gap"] = out.constraint_gap.item()

@@ -28,6 +28,8 @@ TensorRT plugin implement.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +55,48 @@ class InputNorm(nn.Module):
         return (x - self.mean) / self.std
 
 
+class BatchDropout(nn.Module):
+    """Dropout whose mask is drawn for the whole *global* batch, of which this input is some rows.
+
+    Training on several processes (:mod:`proad.distributed`), each holds rows ``offset ..
+    offset + b`` of a batch of ``total``; ``nn.Dropout`` would draw a mask for ``b`` rows only, so
+    rank 1 would not get the noise one process gives those rows. This module draws the mask for
+    ``total`` rows from torch's default generator (for a contiguous input, the same draws
+    ``nn.Dropout`` makes on the CPU, bit for bit: ``empty.bernoulli_(1 - p) / (1 - p)``) and keeps
+    this input's rows. ``rows`` is set per step by :meth:`ProAD.batch_rows`; unset, the input is
+    the whole batch. No parameters (a checkpoint does not see it); in eval mode it is the identity
+    (the exported graph has no trace of it).
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = p
+        self.rows: tuple[int, int] | None = None  # (offset, total) of this input in the global batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.numel() == 0:
+            return x
+        offset, total = self.rows if self.rows is not None else (0, x.shape[0])
+        if offset < 0 or offset + x.shape[0] > total:
+            raise ValueError(f"rows {offset}..{offset + x.shape[0]} do not lie in a batch of {total}")
+        if self.p == 1.0:
+            return x * torch.zeros((), dtype=x.dtype, device=x.device)
+        noise = torch.empty((total, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p)
+        noise.div_(1.0 - self.p)
+        return x * noise[offset : offset + x.shape[0]]
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, out: int | None = None, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, out or dim)
-        self.drop = nn.Dropout(drop)
+        self.drop = BatchDropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(F.gelu(self.fc1(x))))
@@ -86,9 +124,7 @@ class CrossAttention(nn.Module):
         return self.proj(o.transpose(1, 2).reshape(b, n, h * d))
 
 
-def prototype_constraint(
-    p: torch.Tensor, bank: torch.Tensor, tau: float, similarity: str = "cosine"
-) -> torch.Tensor:
+def prototype_constraint(p: torch.Tensor, bank: torch.Tensor, tau: float, similarity: str = "cosine") -> torch.Tensor:
     """``C(P) = softmax(sim(P, B) / tau) B``: every row of the result is a convex combination of
     the bank's rows, so an adapted prototype cannot leave the hull of the learned normal ones.
 
@@ -197,7 +233,7 @@ class ProAD(nn.Module):
             self.project.append(nn.Linear(c * ratio * ratio, d))
             self.heads.append(nn.Linear(d, c * ratio * ratio))
         self.bottleneck = Mlp(d, int(d * cfg.mlp_ratio * 2), drop=cfg.bottleneck_dropout)
-        self.bottleneck_in_drop = nn.Dropout(cfg.bottleneck_dropout)
+        self.bottleneck_in_drop = BatchDropout(cfg.bottleneck_dropout)
         self.bank = nn.Parameter(torch.randn(cfg.prototypes, d) * 0.02)
         self.layers = nn.ModuleList(
             DecoderLayer(cfg, cfg.constraint != "none" and i >= cfg.constraint_from_layer) for i in range(cfg.layers)
@@ -226,6 +262,20 @@ class ProAD(nn.Module):
         elif stride > g:
             f = F.avg_pool2d(f, stride // g)
         return f
+
+    @contextmanager
+    def batch_rows(self, offset: int, total: int) -> Iterator[None]:
+        """Inside: the batches given are rows ``offset ..`` of a global batch of ``total`` rows, so
+        every :class:`BatchDropout` draws the global batch's noise and keeps these rows (training on
+        several processes; one process is ``(0, batch)``, the default)."""
+        drops = [m for m in self.modules() if isinstance(m, BatchDropout)]
+        for m in drops:
+            m.rows = (offset, total)
+        try:
+            yield
+        finally:
+            for m in drops:
+                m.rows = None
 
     # -- stages ------------------------------------------------------------------------------
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:

@@ -7,6 +7,18 @@ batches are drawn from all of them together.
 Each iteration's batch and dropout noise are a pure function of ``(seed, step)``, so a run resumed
 from its periodic snapshot (``<out>.resume``) continues exactly where it stopped.
 
+Under ``torchrun`` (``torchrun --standalone --nproc-per-node R -m proad.cli train ...``) the same
+training runs on R processes with DistributedDataParallel and gives the same model as one process,
+for the same global batch and seed, within float rounding (:mod:`proad.distributed`): each rank
+encodes a contiguous share of every category's images and all ranks then hold the whole cache; each
+takes its rows of the same global batch, draws the global batch's dropout noise and keeps its rows
+(:class:`proad.model.BatchDropout`), and takes the hard-mining quantile over the global batch; DDP
+averages the gradients. Rank 0 alone logs, shows progress and writes the snapshots and the
+checkpoint; a snapshot resumes on any number of processes. The rounding is that of a different
+thread count (the batch's gradient is two half sums, averaged): one step agrees to about 1e-6, but
+over many steps the hard-mining weight (a step at the quantile) and Adam's per-weight normalisation
+can carry it to about a learning-rate step in a few weights, as changing ``threads`` does.
+
 After training, the OK/NG threshold is calibrated on normal images held out of training: a high
 quantile of their scores, per category and over all. Labelled defects are not needed, and the
 threshold is never the minimum score of anything (the failure anomalib is known for when no
@@ -18,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +40,15 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
+from proad import distributed
 from proad.checkpoint import Checkpoint, CheckpointError, atomic_save, save_checkpoint
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import DatasetError, MVTecFolder, list_categories
 from proad.data.tiling import NO_TILING, Grid, auto_grid, tiles_of
-from proad.loss import proad_loss
+from proad.distributed import DistributedError, World
+from proad.loss import Gather, proad_loss
 from proad.model import ProAD
 
 RESUME_FORMAT = "proad-train-state"
@@ -95,9 +111,12 @@ def split_holdout(folder: MVTecFolder, fraction: float, seed: int) -> Split:
 def encode(
     model: ProAD, images: Sequence[np.ndarray], batch: int = 32, desc: str = "encode", progress: bool = True
 ) -> list[torch.Tensor]:
-    """Encoder features of uint8 BGR images, one fp16 tensor per level."""
+    """Encoder features of uint8 BGR images, one fp16 tensor per level (with no rows for no images)."""
     from tqdm import tqdm
 
+    if not len(images):  # a rank's share of a tiny category can be empty
+        size = model.cfg.image_size
+        return [f.half() for f in model.features(torch.zeros((0, size, size, 3), dtype=torch.uint8))]
     chunks: list[list[torch.Tensor]] = []
     for start in tqdm(range(0, len(images), batch), desc=desc, unit="batch", disable=not progress, leave=False):
         x = torch.from_numpy(np.stack(images[start : start + batch]))
@@ -165,6 +184,29 @@ def calibrate(scores_by_category: dict[str, np.ndarray], target_false_alarm: flo
     return normal_threshold(all_scores, target_false_alarm), per
 
 
+class TrainStep(nn.Module):
+    """The differentiable part of one iteration: decode a batch of cached features, return the loss
+    and its parts. Under torchrun it runs inside DistributedDataParallel, which averages the ranks'
+    gradients; one process calls it as it is.
+
+    ``forward(feats, offset, total)``: ``feats`` are rows ``offset ..`` of a global batch of
+    ``total`` (dropout noise is drawn for the global batch, :meth:`ProAD.batch_rows`); ``gather``
+    hands the hard-mining threshold the global batch's distances (:func:`proad.loss.cosine_hard_mining`).
+    """
+
+    def __init__(self, model: ProAD, gather: Gather | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.gather = gather
+
+    def forward(
+        self, feats: list[torch.Tensor], offset: int = 0, total: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        with self.model.batch_rows(offset, feats[0].shape[0] if total is None else total):
+            output = self.model.decode(feats)
+        return proad_loss(feats, output, self.model.bank, self.model.cfg, self.gather)
+
+
 def train(
     roots: Sequence[str | Path],
     out: str | Path,
@@ -178,20 +220,62 @@ def train(
 ) -> Checkpoint:
     """Train one model on every category under ``roots`` and write its checkpoint to ``out``.
 
+    Under ``torchrun`` every rank runs this with the same arguments (module docstring): each returns
+    the same checkpoint, which rank 0 alone writes (all have returned once it is written), and only
+    rank 0 logs and shows progress. ``batch_size`` must then be divisible by the number of ranks.
+
     ``preset``: the name of the :mod:`proad.presets` entry the configs came from, recorded only."""
+    world = distributed.init()
+    try:
+        return _train(world, roots, out, model_cfg, train_cfg, categories, resume, progress, log, preset)
+    finally:
+        distributed.close(world)
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _train(
+    world: World,
+    roots: Sequence[str | Path],
+    out: str | Path,
+    model_cfg: ModelConfig | None,
+    train_cfg: TrainConfig | None,
+    categories: Sequence[str] | None,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    preset: str | None,
+) -> Checkpoint:
     from tqdm import tqdm
 
     model_cfg = model_cfg or ModelConfig()
     train_cfg = train_cfg or TrainConfig()
+    if train_cfg.batch_size % world.size:
+        raise DistributedError(
+            f"batch_size {train_cfg.batch_size} is not divisible by the {world.size} processes torchrun started"
+        )
+    if not world.is_main:
+        progress, log = False, _quiet
     out = Path(out)
     resume_path = out.with_name(out.name + ".resume")
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
 
     state: dict[str, Any] | None = None
-    if resume and resume_path.is_file():
-        state = _load_resume(resume_path, model_cfg, train_cfg)
-        log(f"resuming from {resume_path} at step {state['step']}")
+    if resume:  # rank 0 reads the snapshot and hands it to the others, so all start from the same one
+        error: CheckpointError | None = None
+        if world.is_main and resume_path.is_file():
+            try:
+                state = _load_resume(resume_path, model_cfg, train_cfg)
+            except CheckpointError as exc:
+                error = exc
+        state, error = world.broadcast_object((state, error))
+        if error is not None:
+            raise error
+        if state is not None:
+            log(f"resuming from {resume_path} at step {state['step']}")
 
     t0 = time.perf_counter()
     folders = open_categories(roots, categories, model_cfg.image_size, model_cfg.resize)
@@ -210,7 +294,9 @@ def train(
         imgs = [s.folder.image(s.folder.train[i]) for i in s.fit + s.holdout]
         if train_cfg.shift_copies:
             imgs += shifted_copies(imgs[: len(s.fit)], train_cfg.shift_copies, train_cfg.shift_pixels, train_cfg.seed)
-        feats = encode(model, tiles_of(imgs, grid), desc=name, progress=progress)
+        tiles = tiles_of(imgs, grid)  # every rank encodes its share; all then hold every row, in order
+        feats = [world.all_gather_rows(f) for f in encode(model, tiles[world.shard(len(tiles))], desc=name,
+                                                          progress=progress)]  # fmt: skip
         # rows: fitted images' tiles, held-out images' tiles, then the fitted images' shifted copies'
         n = grid[0] * grid[1]
         fit_end, holdout_end = len(s.fit) * n, (len(s.fit) + len(s.holdout)) * n
@@ -232,26 +318,40 @@ def train(
         start = int(state["step"])
 
     model.train()
+    step_fn: nn.Module = TrainStep(model)
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # No buffer changes while training (the encoder is not run, the decoder has no batch norm), so
+        # none is synced per step; every trainable parameter takes part in every loss (no search for
+        # unused ones).
+        step_fn = DistributedDataParallel(TrainStep(model, world.all_gather_rows), forward_sync_buffers=False)
+        # A depthwise conv's [D, 1, 3, 3] weight has stride 9 on its size-1 dim, its gradient stride 1:
+        # the same layout, which DDP's literal stride check reports once per process as a slowdown.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    mine = world.shard(train_cfg.batch_size)  # this rank's rows of every global batch
     t1 = time.perf_counter()
     bar = tqdm(range(start, train_cfg.iterations), desc="train", unit="it", disable=not progress, initial=start,
-               total=train_cfg.iterations)
+               total=train_cfg.iterations)  # fmt: skip
     loss_ema = None
     for step in bar:
-        idx = np.random.default_rng([train_cfg.seed, step]).integers(0, n_fit, train_cfg.batch_size)
+        idx = np.random.default_rng([train_cfg.seed, step]).integers(0, n_fit, train_cfg.batch_size)[mine]
         torch.manual_seed(train_cfg.seed * 1_000_003 + step)
         feats = [level[torch.from_numpy(idx)].float() for level in cache]
-        output = model.decode(feats)
-        loss, parts = proad_loss(feats, output, model.bank, model_cfg)
+        loss, parts = step_fn(feats, mine.start, train_cfg.batch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         value = loss.item()
+        if world.size > 1:  # the global batch's loss and parts: the mean of the ranks' equal shares
+            both = world.mean(torch.tensor([value, *parts.values()], dtype=torch.float64)).tolist()
+            value, parts = both[0], dict(zip(parts, both[1:], strict=True))
         loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss_ema:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
-        if (step + 1) % train_cfg.checkpoint_every == 0 and step + 1 < train_cfg.iterations:
+        if world.is_main and (step + 1) % train_cfg.checkpoint_every == 0 and step + 1 < train_cfg.iterations:
             atomic_save(
                 {
                     "format": RESUME_FORMAT,
@@ -275,7 +375,7 @@ def train(
         threshold, per_cat = calibrate(holdout_scores, train_cfg.target_false_alarm)
         n_holdout = sum(map(len, holdout_scores.values()))
         source = (f"{train_cfg.target_false_alarm:.2%} target false alarms on {n_holdout} held-out normal images "
-                  "(max of quantile and Gaussian tail)")
+                  "(max of quantile and Gaussian tail)")  # fmt: skip
     else:  # no held-out images: fall back to the training images (biased low, said so)
         train_scores = score_cached(model, cache)[1]
         threshold = normal_threshold(train_scores, train_cfg.target_false_alarm)
@@ -305,12 +405,15 @@ def train(
             "encode_seconds": round(t_encode, 1),
             "train_seconds": round(t_train, 1),
             "final_loss": loss_ema,
+            "world_size": world.size,
             "torch": str(torch.__version__),
         },
     )
-    save_checkpoint(ckpt, out)
-    if resume_path.exists():
-        os.remove(resume_path)
+    if world.is_main:
+        save_checkpoint(ckpt, out)
+        if resume_path.exists():
+            os.remove(resume_path)
+    world.barrier()  # on every rank, train() returns once the checkpoint is written
     log(f"trained {train_cfg.iterations - start} iterations in {t_train:.0f}s; threshold {threshold:.4f} ({source})")
     return ckpt
 

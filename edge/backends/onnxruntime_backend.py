@@ -46,6 +46,8 @@ class OnnxRuntimeBackend(Backend):
             meta = OnnxMetadata.from_props(props)
         except ValueError as exc:
             raise ModelLoadError(f"{path}: not a proad-export ONNX model (metadata missing or invalid)") from exc
+        if meta.precision == "int8":  # NNCF's QDQ MatMuls fail in ORT's fused int8 kernels; its int8 was slower
+            raise ModelLoadError(f"{path} is an int8 graph: run it with backend.kind openvino (README, int8)")
         inputs = self.session.get_inputs()
         check_plain_graph(meta, path, "ONNX Runtime", [i.name for i in inputs],
                           [o.name for o in self.session.get_outputs()])

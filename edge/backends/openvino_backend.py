@@ -6,6 +6,10 @@ way (OpenVINO keeps ONNX ``metadata_props`` in the model's ``framework`` runtime
 for the CPU plugin with the backend config's ``threads`` and ``openvino`` options (performance hint,
 streams, precision). ``precision: f32`` is the default because OpenVINO's own CPU default on
 machines with bf16 units is bf16, which moves the anomaly maps (README, "Export and CPU speed").
+
+It is also the backend of the int8 graph (``proad-export onnx --precision int8``): OpenVINO reads
+its QuantizeLinear/DequantizeLinear pairs and runs the quantized convolutions and matrix products
+with its int8 kernels (README, "int8"); ``precision`` then applies to the parts kept in float.
 """
 
 from __future__ import annotations

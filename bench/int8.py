@@ -1,0 +1,188 @@
+"""int8 against fp32 on the real sets and on this CPU: what ``proad-export onnx --precision int8`` buys
+and what it costs (issue 16).
+
+For a trained checkpoint (one model for the real categories in ``../shared/data``):
+
+1. exports the fp32 graph and the int8 graph exactly as ``proad-export onnx [--precision int8
+   --calibration <each category's train/good>]`` does, plus the int8 forms that lost (measured
+   and kept in the report, never the default): ``encoder all int8`` (only the map tail in float)
+   and ``everything int8`` (nothing kept in float);
+2. **accuracy**: every real category's test set through each graph in OpenVINO (what the daemon's
+   ``backend.kind: openvino`` runs), scored by :func:`proad.evaluate.evaluate` (image AUROC,
+   pixel AUROC, AUPRO, misses and false alarms at the stored thresholds); the bar is at most
+   0.005 image AUROC and 0.01 AUPRO lost against fp32 on every category;
+3. **speed**: the whole model at batch 1 and 8, ONNX Runtime fp32 (today's path) beside OpenVINO
+   fp32 and every int8 form, interleaved (``--rounds`` rounds of each in turn, the median kept).
+
+Writes ``bench/results/int8.{json,md}``.
+
+    python bench/int8.py --checkpoint model.pt [--data ROOT ...] [--seconds 6] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, real_roots, throughput, write_results
+from proad.checkpoint import load_model
+from proad.config import ModelConfig
+from proad.evaluate import evaluate
+from proad.export.onnx_export import export_onnx, sample_images
+from proad.export.quantize import (
+    QuantReport,
+    calibration_images,
+    compare,
+    first_feature_block,
+    float_nodes,
+    nncf_quantize,
+    node_scope,
+    quantize,
+    runner,
+)
+from proad.train import open_categories
+
+BAR = {"image_auroc": 0.005, "aupro": 0.01}
+
+
+class GraphModel(torch.nn.Module):
+    """An exported graph behind the interface :func:`proad.evaluate.evaluate` calls."""
+
+    def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, ...]], cfg: ModelConfig) -> None:
+        super().__init__()
+        self.infer, self.cfg = infer, cfg
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amap, score = self.infer(image.numpy())[:2]
+        return torch.from_numpy(amap), torch.from_numpy(score)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a model trained on the real categories")
+    p.add_argument("--data", nargs="+", type=Path, help="MVTec-layout roots (default: ../shared/data/*)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=6.0, help="measured time per graph and batch size")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--name", default="int8")
+    args = p.parse_args()
+    import onnxruntime as ort
+
+    torch.set_num_threads(args.threads)
+    roots = args.data or real_roots()
+    model, ckpt = load_model(args.checkpoint)
+    cfg = ckpt.model_config
+    folders = open_categories(roots, None, cfg.image_size, cfg.resize, ckpt.category_tiles)
+    calibration = [f.root / f.category / "train" / "good" for f in folders]
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(args.checkpoint, fp32)
+        first = first_feature_block(model)
+        t0 = time.perf_counter()
+        report = quantize(fp32, Path(tmp) / "int8.onnx", calibration, first)
+        quant_seconds = time.perf_counter() - t0
+        proto = onnx.load(str(fp32))
+        graphs = {"OpenVINO fp32": proto, "OpenVINO int8 (default)": onnx.load(str(Path(tmp) / "int8.onnx"))}
+        scopes = {node.name: node_scope(node) for node in proto.graph.node}
+        tail = [n for n in float_nodes(proto, first) if "model.encoder." not in scopes[n]
+                and "model.input_norm" not in scopes[n]]  # fmt: skip
+        inputs = calibration_images(calibration, cfg, 128, ckpt.category_tiles)
+        calib, check = [im for i, im in enumerate(inputs) if i % 4], inputs[::4]  # as quantize() splits them
+        graphs["OpenVINO int8, encoder all int8 (lost)"] = nncf_quantize(proto, calib, tail)
+        graphs["OpenVINO int8, everything int8 (lost)"] = nncf_quantize(proto, calib, [])
+        runners = {name: runner(g, args.threads) for name, g in graphs.items()}
+        # would the export's check (the same held-out normal images) have refused each form?
+        gate = {}
+        for name in list(graphs)[1:]:
+            found = compare(runners["OpenVINO fp32"], runners[name], check, ckpt.threshold)
+            probe = QuantReport(Path(name), "nncf", "openvino", len(calib), len(check), 0, **found)
+            gate[name] = {**found, "refused": bool(probe.failures()), "why": probe.failures()}
+            print(name, "export check:", "refused" if probe.failures() else "accepted", found, flush=True)
+
+        accuracy: dict[str, Any] = {}
+        for name, run in runners.items():
+            result = evaluate(GraphModel(run, cfg), folders, ckpt.threshold,
+                              ckpt.train_info.get("category_thresholds"), progress=False)
+            accuracy[name] = result["categories"]
+            print(name, {c: round(r["image_auroc"], 4) for c, r in result["categories"].items()}, flush=True)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+        session = ort.InferenceSession(str(fp32), options, providers=["CPUExecutionProvider"])
+        speed_runs = {"ONNX Runtime fp32": lambda x: session.run(None, {"image": x}), **runners}
+        speed = []
+        for batch in (1, 8):
+            images = sample_images(cfg.image_size, batch)
+            rounds: dict[str, list[float]] = {name: [] for name in speed_runs}
+            for _ in range(args.rounds):
+                for name, run in speed_runs.items():
+                    rounds[name].append(throughput(run, images, args.seconds / args.rounds))
+            med = {name: float(np.median(v)) for name, v in rounds.items()}
+            speed.append({"batch": batch, "img_s": med, "rounds": rounds,
+                          "ratio_to_ort_fp32": {n: v / med["ONNX Runtime fp32"] for n, v in med.items()}})
+            print(f"batch {batch}: " + ", ".join(f"{n} {v:.1f}" for n, v in med.items()), flush=True)
+
+    base = accuracy["OpenVINO fp32"]
+    verdict = {}
+    for name, cats in accuracy.items():
+        if name == "OpenVINO fp32":
+            continue
+        losses = {c: {"image_auroc": base[c]["image_auroc"] - r["image_auroc"], "aupro": base[c]["aupro"] - r["aupro"]}
+                  for c, r in cats.items()}
+        verdict[name] = {"losses": losses, "within_bar": all(v[k] <= BAR[k] for v in losses.values() for k in BAR)}
+    data = {"machine": machine(), "checkpoint": str(args.checkpoint), "checkpoint_sha256": ckpt.sha256,
+            "threads": args.threads, "bar": BAR, "export_check": report.to_dict(), "export_check_of_each_form": gate,
+            "quantize_seconds": quant_seconds,
+            "accuracy": accuracy, "verdict": verdict, "speed": speed}
+    cats = list(base)
+    lines = [
+        "# int8 against fp32: the real sets and this CPU",
+        "",
+        f"{data['machine']['cpu']}, {args.threads} threads, {data['machine']['date']}; checkpoint "
+        f"`{args.checkpoint.name}` ({ckpt.sha256[:12]}); calibration: each category's train/good "
+        f"({report.calibration_images} inputs, {report.check_images} held out for the export's check: score "
+        f"error {report.score_error_rel:.2%} of the threshold, map error {report.map_error_rel_p999:.2%} at the "
+        f"99.9th percentile, rank agreement {report.spearman:.3f}). Bar: at most {BAR['image_auroc']} image AUROC "
+        f"and {BAR['aupro']} AUPRO lost on every category.",
+        "",
+        "| graph | " + " | ".join(f"{c} img AUROC / px AUROC / AUPRO / missed / rejected" for c in cats)
+        + " | within bar | proad-export's check on held-out normal images |",
+        "|---|" + "---:|" * len(cats) + ":---:|---|",
+    ]
+    for name, per in accuracy.items():
+        cells = []
+        for c in cats:
+            r = per[c]
+            good = r["images"] - r["defective"]
+            cells.append(f"{r['image_auroc']:.4f} / {r['pixel_auroc']:.4f} / {r['aupro']:.4f} / "
+                         f"{r['missed_at_threshold'] / max(1, r['defective']):.0%} / "
+                         f"{r['false_alarms_at_threshold'] / max(1, good):.0%}")
+        ok = "reference" if name == "OpenVINO fp32" else ("yes" if verdict[name]["within_bar"] else "**no**")
+        g = gate.get(name)
+        checked = "-" if g is None else (
+            f"{'refused' if g['refused'] else 'accepted'} (score {g['score_error_rel']:.1%}, map "
+            f"{g['map_error_rel_p999']:.1%}, rank {g['spearman']:.3f})")  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ok} | {checked} |")
+    lines += ["", f"Speed, whole model, median of {args.rounds} interleaved rounds (img/s, ratio to ONNX Runtime "
+              "fp32):", "", "| graph | batch 1 | batch 8 |", "|---|---:|---:|"]
+    for name in speed[0]["img_s"]:
+        lines.append(f"| {name} | " + " | ".join(
+            f"{row['img_s'][name]:.1f} ({row['ratio_to_ort_fp32'][name]:.2f}x)" for row in speed) + " |")
+    write_results(args.name, data, "\n".join(lines))
+    print(json.dumps({n: v["within_bar"] for n, v in verdict.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

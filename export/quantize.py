@@ -1,0 +1,304 @@
+"""int8 post-training quantization of an exported Pro-AD graph, refused when it moves what a line sees.
+
+int8 is how CPU inference usually gets its next factor, and also how anomaly maps get ruined while
+image scores still look fine (anomalib's issue #2298). Pro-AD's map is ``1 - cos`` between encoder
+features and their reconstruction: a small difference of two tensors, exactly what rounding to 256
+levels disturbs. So a quantized graph is trusted only after :func:`compare` has run it beside the
+fp32 graph on real normal images of the user's own line (the ``--calibration`` folders, images
+not used for calibration), and :func:`quantize` refuses it (:class:`~proad.export.onnx_export.ExportError`,
+``proad-export`` exit 1) beyond :data:`TOLERANCE`.
+
+What is written is the same kind of artifact as every export: one ONNX graph with our metadata
+(``precision: int8``), in QDQ form (``QuantizeLinear``/``DequantizeLinear`` around int8 weights and
+activations), which the OpenVINO backend reads as it is and runs with its int8 kernels (the fast
+path on CPUs with VNNI). ONNX Runtime refuses it: its fused int8 MatMul kernel rejects NNCF's QDQ
+MatMuls, and its own quantizer's QDQ graph ran slower than its fp32 here (README, "int8").
+Quantization is NNCF's post-training quantization (OpenVINO's tool; its ``performance`` preset:
+symmetric per-channel weights and symmetric activations, fast bias correction; it scored closer to
+fp32 than the ``mixed`` preset, README "int8") on the ONNX graph. What stays in float was decided by
+measurement on the real sets (README, "int8"; :func:`float_nodes`): the map and score tail and the
+encoder's high-resolution stages before its first feature level, found by the module names torch's
+exporter records on each node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from proad.artifacts import OnnxMetadata
+from proad.config import ModelConfig
+from proad.data.folder import IMAGE_SUFFIXES, DatasetError, fit_image
+from proad.data.tiling import NO_TILING, Grid, split_tiles
+from proad.export.onnx_export import ExportError
+from proad.model import ProAD
+
+#: The most a quantized graph may move what a line sees, on held-out normal images, relative to the
+#: stored threshold (the map and the score are on one scale: the score is the mean of the map's top
+#: values). Set by measurement on the real sets (README, "int8"; bench/results/int8.json), where the
+#: forms that lost more than 0.005 image AUROC moved the worst normal score by 12-63 % of the
+#: threshold and ranked the normal images at 0.59-0.96 Spearman, while the shipped form moved it by
+#: 2.8 % at 0.991. The map's 99.9th-percentile error does not separate them (23-27 % for all but
+#: the worst form, whose 45 % it catches): it sits on pixels far below the threshold, so its bound is
+#: loose and only catches a map that is wrong everywhere.
+TOLERANCE = {
+    "score_error_rel": 0.05,  # |score int8 - fp32| / threshold, worst held-out image
+    "spearman_min": 0.98,  # rank agreement of the held-out images' scores
+    "map_error_rel_p999": 0.40,  # 99.9th percentile of |map int8 - fp32| / threshold
+}
+
+#: Metadata keys where the quantization is recorded (beside ``precision: int8``).
+QUANT_KEY = "quantization"
+
+
+class CalibrationError(ValueError):
+    """The calibration folders give too few readable images."""
+
+
+@dataclass
+class QuantReport:
+    """What was quantized, on what, and how it compared with fp32."""
+
+    path: Path
+    quantizer: str
+    runtime: str
+    calibration_images: int
+    check_images: int
+    float_nodes: int
+    score_error_rel: float = 0.0
+    map_error_rel_max: float = 0.0
+    map_error_rel_p999: float = 0.0
+    spearman: float = 1.0
+    decision_flips: int = 0
+    tolerance: dict[str, float] = field(default_factory=lambda: dict(TOLERANCE))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+    def failures(self) -> list[str]:
+        out = []
+        if self.score_error_rel > self.tolerance["score_error_rel"]:
+            out.append(f"score error {self.score_error_rel:.1%} of the threshold "
+                       f"(tolerance {self.tolerance['score_error_rel']:.0%})")
+        if self.map_error_rel_p999 > self.tolerance["map_error_rel_p999"]:
+            out.append(f"map error (99.9th percentile) {self.map_error_rel_p999:.1%} of the threshold "
+                       f"(tolerance {self.tolerance['map_error_rel_p999']:.0%})")
+        if self.spearman < self.tolerance["spearman_min"]:
+            out.append(f"score rank agreement {self.spearman:.3f} (tolerance >= {self.tolerance['spearman_min']})")
+        return out
+
+
+def calibration_images(
+    folders: Sequence[str | Path], cfg: ModelConfig, limit: int, category_tiles: Mapping[str, Grid] | None = None
+) -> list[np.ndarray]:
+    """Up to ``limit`` model inputs (uint8 ``[size, size, 3]`` BGR) from the image files under
+    ``folders`` (recursively), preprocessed as the daemon preprocesses a camera's frames: fitted by
+    the model's resize mode, and cut into tiles where a folder belongs to a tiled category of the
+    model (``category_tiles``; a folder belongs to a category when one of its path's parts is the
+    category's name, as in ``data/<category>/train/good``). Each folder gives an equal share of
+    ``limit``, spread evenly over its sorted files: one category's many images must not set the
+    ranges the others are quantized with (measured: README, "int8")."""
+    import cv2
+
+    per_folder: list[list[tuple[Path, Grid]]] = []
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            raise CalibrationError(f"calibration folder not found: {root}")
+        grid = next((g for name, g in (category_tiles or {}).items() if name in root.resolve().parts), NO_TILING)
+        found = [(p, grid) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        if found:
+            per_folder.append(found)
+    if not per_folder:
+        raise CalibrationError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {', '.join(map(str, folders))}")
+    picks: list[tuple[Path, Grid]] = []  # as many from each folder (category) as it has, up to an equal share
+    share = max(1, limit // len(per_folder))
+    for found in per_folder:
+        picks += [found[i] for i in np.linspace(0, len(found) - 1, min(share, len(found))).round().astype(int)]
+    out: list[np.ndarray] = []
+    for path, grid in dict.fromkeys(picks):
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None or img.size == 0:
+            raise DatasetError(f"cannot read calibration image {path}")
+        out.extend(split_tiles(fit_image(img, cfg.image_size, cfg.resize, grid=grid), grid))
+    return out[:limit]
+
+
+def node_scope(node: onnx.NodeProto) -> str:
+    """The module path torch's exporter recorded on ``node`` ('' when none)."""
+    return next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+
+
+def float_nodes(proto: onnx.ModelProto, first_level_block: int) -> list[str]:
+    """Names of the nodes kept in float, by measurement (README, "int8"):
+
+    - the map and score tail, every node downstream of the decoder's heads: the map is a small
+      difference of features and reconstructions, rounding it is rounding the signal;
+    - the encoder before its finest feature level (input normalisation, stem, the blocks before
+      ``blocks.<first_level_block>``): rounding there moves every feature the decoder compares, the
+      largest loss measured on the real sets.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    heads = [n for n in proto.graph.node if "model.heads." in node_scope(n)]
+    if not heads:
+        raise ExportError("cannot find the decoder heads in the graph (no torch exporter namespaces): "
+                          "re-export it with this version of proad-export")
+    head_names = {n.name for n in heads}
+    keep: set[str] = set()
+    stack = list(heads)
+    while stack:
+        for out in stack.pop().output:
+            for child in consumers.get(out, []):
+                if child.name not in keep and child.name not in head_names:
+                    keep.add(child.name)
+                    stack.append(child)
+    for node in proto.graph.node:
+        scope = node_scope(node)
+        if "model.input_norm" in scope:
+            keep.add(node.name)
+        elif "model.encoder." in scope:
+            block = re.search(r"model\.encoder\.body\.blocks\.(\d+)", scope)
+            if block is None or int(block.group(1)) < first_level_block:
+                keep.add(node.name)
+    return sorted(keep)
+
+
+def nncf_quantize(proto: onnx.ModelProto, images: Sequence[np.ndarray], float_nodes: Sequence[str]) -> onnx.ModelProto:
+    """NNCF's post-training quantization of the ONNX graph (QDQ), ``float_nodes`` left in float."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise ExportError("int8 export needs nncf: pip install 'proad-edge[openvino]'") from exc
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    dataset = nncf.Dataset(list(images), lambda x: {"image": x[None]})
+    return nncf.quantize(
+        proto, dataset, subset_size=len(images), preset=nncf.QuantizationPreset.PERFORMANCE,
+        ignored_scope=nncf.IgnoredScope(names=list(float_nodes), validate=False) if float_nodes else None,
+    )  # fmt: skip
+
+
+def runner(proto: onnx.ModelProto, threads: int = 2) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
+    """``images -> (maps, scores)`` of a plain graph in OpenVINO, set up as the daemon's
+    ``backend.kind: openvino`` sets it up (f32, latency hint)."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ExportError("int8 export checks in OpenVINO: pip install 'proad-edge[openvino]'") from exc
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(proto.SerializeToString(), b""), "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        result = request.infer({0: x})
+        return np.array(result[0], np.float32), np.array(result[1], np.float32)
+
+    return run
+
+
+def compare(
+    reference: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+    candidate: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+    images: Sequence[np.ndarray],
+    threshold: float,
+    batch: int = 8,
+) -> dict[str, float]:
+    """How far ``candidate`` moves maps, scores and decisions from ``reference`` on ``images``."""
+    from scipy.stats import spearmanr
+
+    ref_scores, new_scores, map_errors = [], [], []
+    for start in range(0, len(images), batch):
+        x = np.stack(images[start : start + batch])
+        (ref_map, ref_score), (new_map, new_score) = reference(x)[:2], candidate(x)[:2]
+        map_errors.append(np.abs(new_map - ref_map).ravel())
+        ref_scores.append(ref_score)
+        new_scores.append(new_score)
+    ref, new, err = np.concatenate(ref_scores), np.concatenate(new_scores), np.concatenate(map_errors)
+    rho = float(spearmanr(ref, new).statistic) if len(ref) > 2 and np.ptp(ref) > 0 else 1.0
+    return {
+        "score_error_rel": float(np.abs(new - ref).max() / threshold),
+        "map_error_rel_max": float(err.max() / threshold),
+        "map_error_rel_p999": float(np.quantile(err, 0.999) / threshold),
+        "spearman": rho,
+        "decision_flips": int(((new >= threshold) != (ref >= threshold)).sum()),
+    }
+
+
+def first_feature_block(model: ProAD) -> int:
+    """Index of the encoder block that gives the finest feature level (``blocks.2`` on Lite0)."""
+    name = model.encoder.body.feature_info.module_name()[0]
+    match = re.fullmatch(r"blocks\.(\d+)(\..*)?", name)
+    if match is None:
+        raise ExportError(f"int8: the encoder's first feature level comes from {name!r}, not a block")
+    return int(match.group(1))
+
+
+def quantize(
+    fp32_onnx: str | Path,
+    out: str | Path,
+    calibration: Sequence[str | Path],
+    first_level_block: int,
+    count: int = 128,
+    tolerance: dict[str, float] | None = None,
+) -> QuantReport:
+    """Quantize the fp32 graph at ``fp32_onnx`` on normal images under ``calibration``, compare it with
+    fp32 on held-out ones, and write it to ``out`` only if it is within ``tolerance``
+    (:data:`TOLERANCE`); otherwise raise :class:`ExportError` and write nothing.
+
+    Of up to ``count`` images, every fourth is held out for the check, the rest calibrate.
+    ``first_level_block``: :func:`first_feature_block` of the model (what stays float, :func:`float_nodes`)."""
+    proto = onnx.load(str(fp32_onnx))
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = OnnxMetadata.from_props(props)
+    if meta.precision != "fp32" or meta.plugin:
+        raise ExportError("int8 quantizes the plain fp32 graph (export without --plugin, --precision fp32)")
+    cfg = ModelConfig.model_validate_json(meta.model_config_json)
+    images = calibration_images(calibration, cfg, count, meta.category_tiles)
+    check = images[::4]
+    calib = [im for i, im in enumerate(images) if i % 4]
+    if len(check) < 4 or len(calib) < 8:
+        raise CalibrationError(f"{len(images)} calibration inputs under {', '.join(map(str, calibration))}; "
+                               "int8 needs at least 12 normal images (calibration and the check)")
+    keep = float_nodes(proto, first_level_block)
+    quantized = nncf_quantize(proto, calib, keep)
+    result = compare(runner(proto), runner(quantized), check, meta.threshold)
+    report = QuantReport(Path(out), "nncf", "openvino", len(calib), len(check), len(keep), **result)
+    if tolerance:
+        report.tolerance.update(tolerance)
+    failures = report.failures()
+    if failures:
+        raise ExportError(f"int8 graph refused on {len(check)} held-out normal images (OpenVINO): "
+                          + "; ".join(failures) + ". Nothing was written; keep the fp32 graph")
+    props.update(meta.model_copy(update={"precision": "int8"}).to_props())
+    props[QUANT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "path"})
+    del quantized.metadata_props[:]
+    onnx.helper.set_model_props(quantized, props)
+    quantized.producer_name = proto.producer_name
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save(quantized, tmp)
+    tmp.replace(out)
+    return report
+
+
+def describe_quant(report: QuantReport) -> str:
+    """One line for the CLI."""
+    return (f"wrote {report.path} (int8, {report.quantizer}, {report.float_nodes} nodes kept in float); calibrated on "
+            f"{report.calibration_images} inputs, checked on {report.check_images} held-out ones in {report.runtime}: "
+            f"score error {report.score_error_rel:.2%} of the threshold, map error {report.map_error_rel_p999:.2%} "
+            f"(99.9th pct; max {report.map_error_rel_max:.1%}), rank agreement {report.spearman:.3f}, "
+            f"{report.decision_flips} decisions changed")

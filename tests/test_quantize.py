@@ -1,0 +1,173 @@
+"""int8 export: what stays float, the fp32 check that refuses, the artifact the OpenVINO backend runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from proad.checkpoint import Checkpoint, load_model, save_checkpoint
+from proad.config import ModelConfig
+from proad.export.cli import main as export_main
+from proad.export.onnx_export import ExportError, export_onnx, read_metadata, sample_images
+from proad.model import ProAD
+
+nncf = pytest.importorskip("nncf", reason="int8 export needs nncf (pip install 'proad-edge[openvino]')")
+pytest.importorskip("openvino", reason="the int8 check runs in OpenVINO (pip install 'proad-edge[openvino]')")
+
+from proad.export.quantize import (  # noqa: E402 - after the skips: nncf is optional
+    compare,
+    first_feature_block,
+    float_nodes,
+    node_scope,
+    quantize,
+    runner,
+)
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory, small_cfg: ModelConfig) -> tuple[Path, Path]:
+    """A small model's checkpoint and its plain fp32 graph."""
+    torch.manual_seed(5)
+    model = ProAD(small_cfg)
+    root = tmp_path_factory.mktemp("int8")
+    ckpt = root / "model.pt"
+    save_checkpoint(Checkpoint(small_cfg, model.trainable_state_dict(), 0.3), ckpt)
+    path = root / "fp32.onnx"
+    export_onnx(ckpt, path, verify_count=1)
+    return ckpt, path
+
+
+def test_the_map_tail_and_the_encoder_stem_stay_float(fp32: tuple[Path, Path]) -> None:
+    ckpt, path = fp32
+    model, _ = load_model(ckpt)
+    first = first_feature_block(model)
+    assert first == 2  # Lite0: stride 8 comes out of blocks.2
+    proto = onnx.load(str(path))
+    keep = set(float_nodes(proto, first))
+    by_name = {n.name: n for n in proto.graph.node}
+    ops = {by_name[name].op_type for name in keep}
+    assert {"TopK", "Resize"} <= ops  # score and map upsampling
+    assert any("model.input_norm" in node_scope(by_name[n]) for n in keep)
+    assert any("blocks.1." in node_scope(by_name[n]) for n in keep)
+    for node in proto.graph.node:  # what is quantized: the encoder from its first level on, the decoder
+        scope = node_scope(node)
+        if any(f"blocks.{b}." in scope for b in (2, 3, 4)) or "model.layers." in scope or "model.heads." in scope:
+            assert node.name not in keep, (node.name, scope)
+
+
+@pytest.fixture(scope="module")
+def int8(fp32: tuple[Path, Path], tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """``proad-export onnx --precision int8`` of the small model, calibrated on the generated train/good."""
+    ckpt, _ = fp32
+    root = tmp_path_factory.mktemp("int8_cli")
+    out, report = root / "int8.onnx", root / "report.json"
+    code = export_main(["onnx", "--checkpoint", str(ckpt), "--out", str(out), "--precision", "int8",
+                        "--calibration", str(tiny_data / "marble" / "train" / "good"),
+                        str(tiny_data / "board" / "train" / "good"), "--report", str(report)])  # fmt: skip
+    assert code == 0
+    return out, json.loads(report.read_text())["int8"]
+
+
+def test_int8_export_writes_a_checked_qdq_graph_the_openvino_backend_runs(
+    fp32: tuple[Path, Path], int8: tuple[Path, dict]
+) -> None:
+    from proad.edge.backends import ModelLoadError, load_backend
+    from proad.edge.config import BackendConfig
+
+    _, fp32_path = fp32
+    out, check = int8
+    meta = read_metadata(out)
+    assert meta.precision == "int8" and meta.model_id.endswith("-int8")
+    assert meta.threshold == read_metadata(fp32_path).threshold
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert check["calibration_images"] == 18 and check["check_images"] == 6  # 24 train images, every 4th held out
+    assert check["score_error_rel"] <= check["tolerance"]["score_error_rel"]
+
+    images = sample_images(meta.image_size, 3)
+    reference = runner(onnx.load(str(fp32_path)))(images)
+    backend = load_backend(BackendConfig(kind="openvino", model=str(out), threads=2, max_batch=4))
+    assert backend.info.model_id == meta.model_id
+    amap, score = backend.infer(images)
+    assert amap.shape == reference[0].shape and np.isfinite(amap).all()
+    assert np.abs(score - reference[1]).max() < 0.25 * meta.threshold  # int8 of this model, not another one
+    with pytest.raises(ModelLoadError, match=r"backend\.kind openvino"):
+        load_backend(BackendConfig(kind="onnxruntime", model=str(out)))
+
+
+def test_build_engine_refuses_an_int8_graph(int8: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = int8
+    assert export_main(["build-engine", "--onnx", str(out), "--out", str(tmp_path / "m.engine")]) == 2
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_int8_beyond_tolerance_is_refused_and_nothing_written(fp32: tuple[Path, Path], tiny_data: Path,
+                                                              tmp_path: Path) -> None:
+    ckpt, fp32_path = fp32
+    model, _ = load_model(ckpt)
+    out = tmp_path / "refused.onnx"
+    with pytest.raises(ExportError, match="refused"):
+        quantize(fp32_path, out, [tiny_data / c / "train" / "good" for c in ("marble", "board")],
+                 first_feature_block(model), count=16,
+                 tolerance={"score_error_rel": 0.0})
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_compare_measures_what_moved() -> None:
+    images = [np.zeros((4, 4, 3), np.uint8) for _ in range(8)]
+    maps = np.linspace(0, 1, 8 * 16, dtype=np.float32).reshape(8, 4, 4)
+    scores = np.linspace(0.1, 0.8, 8, dtype=np.float32)
+    state = {"i": 0}
+
+    def reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        i = state["i"]
+        return maps[i : i + len(x)], scores[i : i + len(x)]
+
+    def shifted(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        i = state["i"]
+        state["i"] += len(x)
+        return maps[i : i + len(x)] + 0.009, scores[::-1][i : i + len(x)].copy()  # every rank reversed
+
+    result = compare(reference, shifted, images, threshold=0.45, batch=4)
+    assert result["map_error_rel_max"] == pytest.approx(0.02, rel=1e-3)
+    assert result["spearman"] == pytest.approx(-1.0)
+    assert result["score_error_rel"] == pytest.approx(0.7 / 0.45, rel=1e-4)
+    assert result["decision_flips"] == 8  # 0.1..0.4 and 0.5..0.8 trade sides of 0.45
+
+
+def test_int8_cli_argument_errors_exit_2(fp32: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, _ = fp32
+    base = ["onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x.onnx")]
+    for extra in (["--precision", "int8"], ["--precision", "int8", "--plugin", "--calibration", str(tmp_path)],
+                  ["--calibration", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exc:
+            export_main(base + extra)
+        assert exc.value.code == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export_main([*base, "--precision", "int8", "--calibration", str(empty)]) == 2
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_calibration_takes_each_category_equally_and_tiles_as_the_daemon_does(tmp_path: Path) -> None:
+    import cv2
+
+    from proad.export.quantize import calibration_images
+
+    cfg = ModelConfig(image_size=64)
+    for name, count, size in (("many", 40, (64, 64)), ("few", 6, (64, 64)), ("wide", 4, (64, 128))):
+        folder = tmp_path / name / "train" / "good"
+        folder.mkdir(parents=True)
+        for i in range(count):
+            cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((*size, 3), i, np.uint8))
+    folders = [tmp_path / n / "train" / "good" for n in ("many", "few", "wide")]
+    images = calibration_images(folders, cfg, limit=30, category_tiles={"wide": (1, 2)})
+    assert all(im.shape == (64, 64, 3) for im in images)
+    values = [int(im[0, 0, 0]) for im in images]
+    assert len(values) == 10 + 6 + 2 * 4  # 10 of "many" (its share), all of "few", "wide" cut into 2 tiles each
+    assert values[:10] == sorted(set(values[:10])) and values[0] == 0 and values[9] == 39  # spread over "many"
