@@ -50,6 +50,7 @@ from proad.export.quantize import (
     node_scope,
     quantize,
     runner,
+    split_check,
 )
 from proad.train import open_categories
 
@@ -97,8 +98,7 @@ def main() -> int:
         scopes = {node.name: node_scope(node) for node in proto.graph.node}
         tail = [n for n in float_nodes(proto, first) if "model.encoder." not in scopes[n]
                 and "model.input_norm" not in scopes[n]]  # fmt: skip
-        inputs = calibration_images(calibration, cfg, 128, ckpt.category_tiles)
-        calib, check = [im for i, im in enumerate(inputs) if i % 4], inputs[::4]  # as quantize() splits them
+        calib, check = split_check(calibration_images(calibration, cfg, 128, ckpt.category_tiles))  # as quantize()
         graphs["OpenVINO int8, encoder all int8 (lost)"] = nncf_quantize(proto, calib, tail)
         graphs["OpenVINO int8, everything int8 (lost)"] = nncf_quantize(proto, calib, [])
         runners = {name: runner(g, args.threads) for name, g in graphs.items()}

@@ -239,10 +239,12 @@ def main() -> int:
         tmp = Path(tmp_name)
         ckpt, onnx_path = make_model(tmp)
         for name in args.backends:
-            kind, model = {"torch": ("torch", ckpt), "openvino-int8": ("openvino", None)}.get(name, (name, onnx_path))
-            if name == "openvino-int8":
-                model = make_int8(ckpt, onnx_path, frames, tmp)
-            assert model is not None
+            if name == "torch":
+                kind, model = "torch", ckpt
+            elif name == "openvino-int8":
+                kind, model = "openvino", make_int8(ckpt, onnx_path, frames, tmp)
+            else:
+                kind, model = name, onnx_path
             rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp)})
     data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rows": rows}
     today = next((r for r in rows if r["backend"] == "onnxruntime"), None)

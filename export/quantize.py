@@ -134,6 +134,11 @@ def calibration_images(
     return out[:limit]
 
 
+def split_check(images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(calibration inputs, held-out check inputs): every fourth input is held out for the check."""
+    return [im for i, im in enumerate(images) if i % 4], list(images[::4])
+
+
 def node_scope(node: onnx.NodeProto) -> str:
     """The module path torch's exporter recorded on ``node`` ('' when none)."""
     return next((p.value for p in node.metadata_props if p.key == "namespace"), "")
@@ -266,11 +271,10 @@ def quantize(
     if meta.precision != "fp32" or meta.plugin:
         raise ExportError("int8 quantizes the plain fp32 graph (export without --plugin, --precision fp32)")
     cfg = ModelConfig.model_validate_json(meta.model_config_json)
-    images = calibration_images(calibration, cfg, count, meta.category_tiles)
-    check = images[::4]
-    calib = [im for i, im in enumerate(images) if i % 4]
+    calib, check = split_check(calibration_images(calibration, cfg, count, meta.category_tiles))
     if len(check) < 4 or len(calib) < 8:
-        raise CalibrationError(f"{len(images)} calibration inputs under {', '.join(map(str, calibration))}; "
+        found = len(calib) + len(check)
+        raise CalibrationError(f"{found} calibration inputs under {', '.join(map(str, calibration))}; "
                                "int8 needs at least 12 normal images (calibration and the check)")
     keep = float_nodes(proto, first_level_block)
     quantized = nncf_quantize(proto, calib, keep)

@@ -87,8 +87,7 @@ def synth_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-defect", type=int, default=8, help="test images per defect kind (default 8)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; the same seed writes the same files")
     p.add_argument("--hard", action="store_true",
-                   help="small, faint defects on large grayscale non-square images "
-                        "(a set that still ranks methods)")  # fmt: skip
+                   help="small, faint defects on large grayscale non-square images (a set that still ranks methods)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -102,7 +101,7 @@ def _synth(args: argparse.Namespace) -> int:
     if min(args.train, args.test_good, args.test_per_defect) < 0 or args.train < 1:
         raise UsageError("--train must be >= 1 and the test counts >= 0")
     root = write_dataset(args.out, args.categories, args.train, args.test_good, args.test_per_defect, args.seed,
-                         progress=not args.quiet, hard=args.hard)  # fmt: skip
+                         progress=not args.quiet, hard=args.hard)
     print(f"wrote {len(args.categories)} categories to {root}")
     return EXIT_OK
 
@@ -134,7 +133,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help="starting point: " + "; ".join(f"{x.name}: {x.summary}" for x in PRESETS.values())
-                   + f" (default {DEFAULT_PRESET}); --model-config, --set and the flags below override it")  # fmt: skip
+                   + f" (default {DEFAULT_PRESET}); --model-config, --set and the flags below override it")
     p.add_argument("--model-config", type=Path, help="ModelConfig as JSON or YAML")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override ModelConfig fields")
     p.add_argument("--iterations", type=int, help="training iterations (default: the preset's, 1000 or 3000)")
@@ -144,7 +143,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="iterations between resumable snapshots")
     p.add_argument("--shift-copies", type=int, help="translated copies of each training image (default 0)")
     p.add_argument("--target-false-alarm", type=float,
-                   help="share of normal parts each category's threshold may reject (default 0.01)")  # fmt: skip
+                   help="share of normal parts each category's threshold may reject (default 0.01)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
     return p
 
@@ -163,11 +162,11 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read --model-config {args.model_config}: {exc}") from exc
     model_fields.update(_parse_sets(args.set))
     names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every", "shift_copies",
-             "target_false_alarm")  # fmt: skip
+             "target_false_alarm")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     model_cfg, train_cfg = preset_configs(args.preset, model_fields, given)
     train(args.data, args.out, model_cfg, train_cfg, args.categories, resume=args.resume, progress=not args.quiet,
-          preset=args.preset)  # fmt: skip
+          preset=args.preset)
     if from_env().is_main:  # under torchrun, rank 0 wrote it
         print(f"wrote {args.out}")
     return EXIT_OK

@@ -124,7 +124,9 @@ class CrossAttention(nn.Module):
         return self.proj(o.transpose(1, 2).reshape(b, n, h * d))
 
 
-def prototype_constraint(p: torch.Tensor, bank: torch.Tensor, tau: float, similarity: str = "cosine") -> torch.Tensor:
+def prototype_constraint(
+    p: torch.Tensor, bank: torch.Tensor, tau: float, similarity: str = "cosine"
+) -> torch.Tensor:
     """``C(P) = softmax(sim(P, B) / tau) B``: every row of the result is a convex combination of
     the bank's rows, so an adapted prototype cannot leave the hull of the learned normal ones.
 

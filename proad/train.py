@@ -332,7 +332,7 @@ def _train(
     mine = world.shard(train_cfg.batch_size)  # this rank's rows of every global batch
     t1 = time.perf_counter()
     bar = tqdm(range(start, train_cfg.iterations), desc="train", unit="it", disable=not progress, initial=start,
-               total=train_cfg.iterations)  # fmt: skip
+               total=train_cfg.iterations)
     loss_ema = None
     for step in bar:
         idx = np.random.default_rng([train_cfg.seed, step]).integers(0, n_fit, train_cfg.batch_size)[mine]
@@ -375,7 +375,7 @@ def _train(
         threshold, per_cat = calibrate(holdout_scores, train_cfg.target_false_alarm)
         n_holdout = sum(map(len, holdout_scores.values()))
         source = (f"{train_cfg.target_false_alarm:.2%} target false alarms on {n_holdout} held-out normal images "
-                  "(max of quantile and Gaussian tail)")  # fmt: skip
+                  "(max of quantile and Gaussian tail)")
     else:  # no held-out images: fall back to the training images (biased low, said so)
         train_scores = score_cached(model, cache)[1]
         threshold = normal_threshold(train_scores, train_cfg.target_false_alarm)

@@ -151,6 +151,10 @@ def test_int8_cli_argument_errors_exit_2(fp32: tuple[Path, Path], tmp_path: Path
     empty = tmp_path / "empty"
     empty.mkdir()
     assert export_main([*base, "--precision", "int8", "--calibration", str(empty)]) == 2
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "frame.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    assert export_main([*base, "--precision", "int8", "--calibration", str(corrupt)]) == 2
     assert not (tmp_path / "x.onnx").exists()
 
 
