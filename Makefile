@@ -70,7 +70,7 @@ $(DEMO)/data/.complete: $(STAMP)
 	touch $@
 
 $(DEMO)/model.pt: $(DEMO)/data/.complete
-	$(VENV)/bin/proad-train --data $(DEMO)/data --out $@ --iterations 400 --resume
+	$(VENV)/bin/proad-train --data $(DEMO)/data --out $@ --iterations 400 --batch-size 16 --resume
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -151,7 +151,8 @@ def table(data: dict[str, Any]) -> str:
         "",
         "Encode seconds (from the checkpoint's train_info) include reading the pictures and building the model; "
         "on torchrun each rank encodes its share and the cache is gathered. Projected: encode seconds plus the "
-        "preset's iterations at the measured seconds per iteration (the threshold and start-up not included).",
+        "preset's iterations at the measured seconds per iteration, scaled by the preset's batch over the runs' "
+        "(an iteration's cost grows about linearly with its batch; the threshold and start-up not included).",
     ]
     return "\n".join(lines)
 
@@ -223,10 +224,13 @@ def main() -> int:
             return 1
         same = compare(one_out, ddp_out)
 
-    projected = {name: preset_configs(name)[1].iterations for name in PRESETS}
-    for r in [*rows, *([control["row"]] if control else [])]:
+    presets = {name: preset_configs(name)[1] for name in PRESETS}
+    projected = {name: t.iterations for name, t in presets.items()}
+    run_batch = preset_configs(args.preset)[1].batch_size  # the batch the runs above trained with
+    for r in [*rows, *([control["row"]] if control else [])]:  # an iteration's cost grows ~linearly with its batch
         r["projected_seconds"] = {
-            name: r["encode_seconds"] + its * r["train_seconds_per_iteration"] for name, its in projected.items()
+            name: r["encode_seconds"] + t.iterations * r["train_seconds_per_iteration"] * t.batch_size / run_batch
+            for name, t in presets.items()
         }
     data = {
         "machine": machine(),

@@ -112,7 +112,9 @@ def reconstruction_error(model: ProAD, feats: list[torch.Tensor]) -> list[float]
     return [round(float((1 - F.cosine_similarity(a, b, dim=1)).mean()), 4) for a, b in zip(f, recs, strict=True)]
 
 
-def run_variant(name: str, cfg: ModelConfig, iterations: int, photometric: bool, seed: int) -> dict[str, Any]:
+def run_variant(
+    name: str, cfg: ModelConfig, iterations: int, photometric: bool, seed: int, train: dict[str, Any] | None = None
+) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = ProAD(cfg)
     folders = open_categories(real_roots(), None, cfg.image_size, cfg.resize)
@@ -126,7 +128,9 @@ def run_variant(name: str, cfg: ModelConfig, iterations: int, photometric: bool,
         }
     cache = [torch.cat(level) for level in zip(*[d["train"] for d in data.values()], strict=True)]
     n = cache[0].shape[0]
-    tcfg = TrainConfig(iterations=iterations, warmup=min(100, iterations // 10), seed=seed)
+    tcfg = TrainConfig(
+        **{"warmup": min(100, iterations // 10), **(train or {}), "iterations": iterations, "seed": seed}
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tcfg))
@@ -144,6 +148,7 @@ def run_variant(name: str, cfg: ModelConfig, iterations: int, photometric: bool,
     result: dict[str, Any] = {
         "variant": name,
         "model_config": cfg.model_dump(mode="json", exclude_defaults=True),
+        "train_config": train or {},
         "photometric": photometric,
         "iterations": iterations,
         "seed": seed,
@@ -152,8 +157,10 @@ def run_variant(name: str, cfg: ModelConfig, iterations: int, photometric: bool,
     }
     model.eval()
     MODELS.mkdir(parents=True, exist_ok=True)
-    torch.save({"model_config": cfg.model_dump(mode="json"), "state": model.trainable_state_dict()},
-               MODELS / f"{_slug(name)}_{iterations}{f'_seed{seed}' if seed else ''}.pt")
+    torch.save(
+        {"model_config": cfg.model_dump(mode="json"), "state": model.trainable_state_dict()},
+        MODELS / f"{_slug(name)}_{iterations}{f'_seed{seed}' if seed else ''}.pt",
+    )
     with torch.no_grad():
         for cat, d in data.items():
             maps = []
@@ -222,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--train", default="{}", help="JSON TrainConfig overrides for every variant, e.g. '{\"lr\": 0.004}'"
+    )
     ap.add_argument("--photometric", action="store_true", help="standardise each picture's intensities first")
     ap.add_argument("--name", default="probe_real", help="results file stem under bench/results")
     args = ap.parse_args(argv)
@@ -239,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"unknown variant {spec!r} (known: {', '.join(VARIANTS)})", file=sys.stderr)
             return 2
-        run = run_variant(name, ModelConfig(**overrides), args.iterations, args.photometric, args.seed)
+        train = json.loads(args.train)
+        if train:
+            name += f" train {json.dumps(train, separators=(',', ':'))}"
+        run = run_variant(name, ModelConfig(**overrides), args.iterations, args.photometric, args.seed, train)
         runs.append(run)
         write_results(args.name, {"machine": machine(), "runs": runs}, table(runs))
     return 0

@@ -141,8 +141,8 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     """How to train one multi-class model (DESIGN §2, Training)."""
 
-    iterations: int = Field(1000, ge=1)
-    batch_size: int = Field(16, ge=1)
+    iterations: int = Field(2000, ge=1)
+    batch_size: int = Field(8, ge=1, description="images per iteration (each brings its whole token grid)")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup: int = Field(100, ge=0, description="linear warm-up iterations before cosine decay")

@@ -112,8 +112,17 @@ def test_dispatch_modes(monkeypatch: pytest.MonkeyPatch) -> None:
     with use_implementation("reference"):
         proto_attention(q, k, v, 0.5)
     torch.testing.assert_close(fused, auto, atol=2e-5, rtol=2e-5)
+    n_calls = len(calls)
     q.requires_grad_(True)
-    proto_attention(q, k, v, 0.5)  # needs a gradient: always the reference
+    trained = proto_attention(q, k, v, 0.5)  # needs a gradient: torch's fused attention, not the reference
+    assert len(calls) == n_calls
+    (grad,) = torch.autograd.grad(trained.square().sum(), q)
+    q_ref = q.detach().clone().requires_grad_(True)
+    (grad_ref,) = torch.autograd.grad(proto_attention_reference(q_ref, k, v, 0.5).square().sum(), q_ref)
+    torch.testing.assert_close(trained, proto_attention_reference(q, k, v, 0.5), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(grad, grad_ref, atol=2e-5, rtol=2e-5)
+    with use_implementation("reference"):
+        proto_attention(q, k, v, 0.5)
     assert calls[-1] == "ref"
     with pytest.raises(ValueError, match="implementation must be one of"), use_implementation("fast"):  # type: ignore[arg-type]
         pass

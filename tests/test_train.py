@@ -153,7 +153,9 @@ def test_clis_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     accurate = PRESETS["accurate"]
     assert all(getattr(saved.model_config, k) == v for k, v in accurate.model.items()
                if k not in ("dim", "heads", "layers", "prototypes"))
-    assert all(saved.train_info["train_config"][k] == v for k, v in accurate.train.items() if k != "iterations")
+    explicit = ("iterations", "batch_size")
+    assert all(saved.train_info["train_config"][k] == v for k, v in accurate.train.items() if k not in explicit)
+    assert saved.train_info["train_config"]["batch_size"] == 4
     assert (saved.model_config.dim, saved.model_config.layers) == (32, 2)
     assert saved.train_info["train_config"]["iterations"] == 6 and saved.train_info["preset"] == "accurate"
     assert eval_main(["--data", str(data), "--checkpoint", str(ckpt), "--json", str(out), "--viz",
@@ -192,7 +194,7 @@ def test_short_training_detects_real_bottle_defects(tmp_path: Path) -> None:
     """What works on generated data works on real camera images: a short run already separates them."""
     from proad.evaluate import evaluate
 
-    ckpt = train([BOTTLE], tmp_path / "bottle.pt", ModelConfig(), TrainConfig(iterations=40, warmup=10),
+    ckpt = train([BOTTLE], tmp_path / "bottle.pt", ModelConfig(), TrainConfig(iterations=40, batch_size=16, warmup=10),
                  progress=False, log=lambda s: None)
     result = evaluate(build_model(ckpt), open_categories([BOTTLE], None, 256), ckpt.threshold, progress=False)
     bottle = result["categories"]["bottle"]
