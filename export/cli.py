@@ -109,13 +109,15 @@ def _int8(args: argparse.Namespace) -> int:
 
     from proad.checkpoint import load_model
     from proad.export.onnx_export import describe, export_onnx
-    from proad.export.quantize import describe_quant, first_feature_block, quantize
+    from proad.export.quantize import describe_quant, enough_calibration, first_feature_block, quantize
 
-    model, _ = load_model(args.checkpoint)
+    model, ckpt = load_model(args.checkpoint)  # a bad calibration folder fails before the minutes of work below
+    images = enough_calibration(args.calibration, ckpt.model_config, args.calibration_count, ckpt.category_tiles)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(args.checkpoint, Path(tmp) / "fp32.onnx", "fp32", args.batch, False, args.tolerance)
         print(describe(fp32))
-        report = quantize(fp32.path, args.out, args.calibration, first_feature_block(model), args.calibration_count)
+        report = quantize(fp32.path, args.out, args.calibration, first_feature_block(model), args.calibration_count,
+                          images=images)  # fmt: skip
     print(describe_quant(report))
     if args.report:
         args.report.write_text(json.dumps({"fp32": fp32.to_dict(), "int8": report.to_dict()}, indent=2) + "\n")

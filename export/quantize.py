@@ -251,6 +251,19 @@ def first_feature_block(model: ProAD) -> int:
     return int(match.group(1))
 
 
+def enough_calibration(
+    calibration: Sequence[str | Path], cfg: ModelConfig, count: int, category_tiles: dict[str, tuple[int, int]]
+) -> list[np.ndarray]:
+    """The model inputs :func:`calibration_images` reads, or :class:`CalibrationError` when they are too
+    few for calibration and the check (the CLI calls this first, so a bad folder fails in seconds)."""
+    images = calibration_images(calibration, cfg, count, category_tiles)
+    calib, check = split_check(images)
+    if len(check) < 4 or len(calib) < 8:
+        raise CalibrationError(f"{len(images)} calibration inputs under {', '.join(map(str, calibration))}; "
+                               "int8 needs at least 12 normal images (calibration and the check)")
+    return images
+
+
 def quantize(
     fp32_onnx: str | Path,
     out: str | Path,
@@ -258,24 +271,24 @@ def quantize(
     first_level_block: int,
     count: int = 128,
     tolerance: dict[str, float] | None = None,
+    images: list[np.ndarray] | None = None,
 ) -> QuantReport:
     """Quantize the fp32 graph at ``fp32_onnx`` on normal images under ``calibration``, compare it with
     fp32 on held-out ones, and write it to ``out`` only if it is within ``tolerance``
     (:data:`TOLERANCE`); otherwise raise :class:`ExportError` and write nothing.
 
     Of up to ``count`` images, every fourth is held out for the check, the rest calibrate.
-    ``first_level_block``: :func:`first_feature_block` of the model (what stays float, :func:`float_nodes`)."""
+    ``first_level_block``: :func:`first_feature_block` of the model (what stays float, :func:`float_nodes`).
+    ``images``: what :func:`enough_calibration` already read from ``calibration`` (else read here)."""
     proto = onnx.load(str(fp32_onnx))
     props = {p.key: p.value for p in proto.metadata_props}
     meta = OnnxMetadata.from_props(props)
     if meta.precision != "fp32" or meta.plugin:
         raise ExportError("int8 quantizes the plain fp32 graph (export without --plugin, --precision fp32)")
     cfg = ModelConfig.model_validate_json(meta.model_config_json)
-    calib, check = split_check(calibration_images(calibration, cfg, count, meta.category_tiles))
-    if len(check) < 4 or len(calib) < 8:
-        found = len(calib) + len(check)
-        raise CalibrationError(f"{found} calibration inputs under {', '.join(map(str, calibration))}; "
-                               "int8 needs at least 12 normal images (calibration and the check)")
+    if images is None:
+        images = enough_calibration(calibration, cfg, count, meta.category_tiles)
+    calib, check = split_check(images)
     keep = float_nodes(proto, first_level_block)
     quantized = nncf_quantize(proto, calib, keep)
     result = compare(runner(proto), runner(quantized), check, meta.threshold)
