@@ -6,11 +6,10 @@ attention, ``scaled_dot_product_attention``, which has a backward and on 2 CPU c
 training iteration of the default model 1.1-1.2x faster than matmul-softmax-matmul
 (``bench/train_step.py``; the same function: gradients agree to about 1e-9); the plain torch
 reference everywhere else (CPU inference and every ONNX export, whose graph must stay the few
-standard ops the reference traces to). So the
-torch model uses the fastest form it may without being told. ``triton`` forces the kernel (on CPU
-tensors that needs ``TRITON_INTERPRET=1``, how CI tests it), ``sdpa`` torch's fused attention,
-``reference`` the reference. Choose with the environment variable ``PROAD_PROTO_ATTENTION`` or, in
-code, :func:`use_implementation`.
+standard ops the reference traces to). So the torch model uses the fastest form it may without
+being told. ``triton`` forces the kernel (on CPU tensors that needs ``TRITON_INTERPRET=1``, how CI
+tests it), ``sdpa`` torch's fused attention, ``reference`` the reference. Choose with the
+environment variable ``PROAD_PROTO_ATTENTION`` or, in code, :func:`use_implementation`.
 """
 
 from __future__ import annotations
