@@ -38,7 +38,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "accurate",
             "fast's model trained on 3x the images (3,000 iterations of 16): Magnetic Tile image AUROC 0.92-0.93, "
-            "the same frame rate, about 3x the training time (README, Presets)",
+            "the same frame rate, about 2.5x fast's training time (README, Presets)",
             train={"iterations": 3000, "batch_size": 16},
         ),
     )
