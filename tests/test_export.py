@@ -147,7 +147,7 @@ def test_build_engine_argument_errors_exit_2(plain, tmp_path: Path, capsys: pyte
     foreign = tmp_path / "foreign.onnx"
     onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(foreign))
     cases["not a proad-export ONNX graph"] = ["--onnx", str(foreign), "--out", str(tmp_path / "m.engine")]
-    for message, args in cases.items():  # in this process (a subprocess per case took 15 s; one below is one)
+    for message, args in cases.items():  # in-process: a subprocess per case took 15 s (the exit-3 test runs one)
         try:
             code = export_main(["build-engine", *args])
         except SystemExit as exc:  # argparse's own refusals
