@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +31,23 @@ MAGNETIC_TILE = REPO.parent / "shared" / "data" / "magnetic_tile"
 torch.set_num_threads(2)
 
 
+def interrupt_training_at(monkeypatch: pytest.MonkeyPatch, call: int):  # -> proad.loss.proad_loss
+    """Make ``proad.train``'s loss raise ``KeyboardInterrupt`` at its ``call``-th call (Ctrl-C in the
+    middle of a run); returns the real loss, to put back."""
+    import proad.train as train_module
+
+    real_loss, calls = train_module.proad_loss, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "proad_loss", interrupted)
+    return real_loss
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two categories (a texture and the board), 12 train, 3 good and 2 per defect in test."""
@@ -42,6 +60,28 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_cfg() -> ModelConfig:
     """The real encoder with a narrow decoder, so tests that train stay in seconds."""
     return ModelConfig(dim=32, heads=2, layers=2, prototypes=16, mlp_ratio=1.0)
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory: pytest.TempPathFactory, small_cfg: ModelConfig) -> tuple[Path, Path, dict]:
+    """An untrained small model's checkpoint, and its plain fp32 graph written by ``proad-export onnx``
+    (exit 0, with its ``--report``), shared by the export and int8 tests: each export takes ~15 s."""
+    from proad.checkpoint import Checkpoint, save_checkpoint
+    from proad.export.cli import main as export_main
+    from proad.model import ProAD
+
+    torch.manual_seed(3)
+    model = ProAD(small_cfg)
+    with torch.no_grad():
+        model.bank.mul_(20.0)  # a bank away from its init, so the constraint does real work
+    root = tmp_path_factory.mktemp("export")
+    ckpt, out, report = root / "model.pt", root / "plain.onnx", root / "report.json"
+    save_checkpoint(
+        Checkpoint(small_cfg, model.trainable_state_dict(), 0.3, train_info={"category_thresholds": {"board": 0.31}}),
+        ckpt,
+    )
+    assert export_main(["onnx", "--checkpoint", str(ckpt), "--out", str(out), "--report", str(report)]) == 0
+    return ckpt, out, json.loads(report.read_text())
 
 
 @pytest.fixture(scope="session")

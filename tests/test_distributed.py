@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import proad.train as train_module
+from conftest import interrupt_training_at
 from proad import distributed
 from proad.checkpoint import Checkpoint, load_checkpoint
 from proad.cli import train_main
@@ -131,15 +131,7 @@ def test_a_snapshot_of_one_process_resumes_on_two(
     """Every rank starts from the snapshot rank 0 read (else DDP would hang or drift), and the result
     is the straight run's: the number of processes is not part of a run's state."""
     model_cfg, train_cfg = configs(small_cfg)
-    real_loss, calls = train_module.proad_loss, {"n": 0}
-
-    def crash_at_step_25(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 26:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "proad_loss", crash_at_step_25)
+    interrupt_training_at(monkeypatch, 26)  # after step 25: the snapshot of step 20 is on disk
     out = tmp_path / "m.pt"
     with pytest.raises(KeyboardInterrupt):
         train([tiny_data], out, model_cfg, train_cfg, progress=False, log=lambda s: None)

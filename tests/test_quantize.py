@@ -8,13 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
-from proad.checkpoint import Checkpoint, load_model, save_checkpoint
+from proad.checkpoint import load_model
 from proad.config import ModelConfig
 from proad.export.cli import main as export_main
-from proad.export.onnx_export import ExportError, export_onnx, read_metadata, sample_images
-from proad.model import ProAD
+from proad.export.onnx_export import ExportError, read_metadata, sample_images
 
 nncf = pytest.importorskip("nncf", reason="int8 export needs nncf (pip install 'proad-edge[openvino]')")
 pytest.importorskip("openvino", reason="the int8 check runs in OpenVINO (pip install 'proad-edge[openvino]')")
@@ -30,16 +28,9 @@ from proad.export.quantize import (  # noqa: E402 - after the skips: nncf is opt
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory: pytest.TempPathFactory, small_cfg: ModelConfig) -> tuple[Path, Path]:
-    """A small model's checkpoint and its plain fp32 graph."""
-    torch.manual_seed(5)
-    model = ProAD(small_cfg)
-    root = tmp_path_factory.mktemp("int8")
-    ckpt = root / "model.pt"
-    save_checkpoint(Checkpoint(small_cfg, model.trainable_state_dict(), 0.3), ckpt)
-    path = root / "fp32.onnx"
-    export_onnx(ckpt, path, verify_count=1)
-    return ckpt, path
+def fp32(small_export: tuple[Path, Path, dict]) -> tuple[Path, Path]:
+    """A small model's checkpoint and its plain fp32 graph (the export tests' own)."""
+    return small_export[0], small_export[1]
 
 
 def test_the_map_tail_and_the_encoder_stem_stay_float(fp32: tuple[Path, Path]) -> None:

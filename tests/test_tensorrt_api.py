@@ -98,28 +98,24 @@ def test_the_oracle_knows_what_11_removed() -> None:
 
 @needs_oracle
 def test_tensorrt_modules_type_check_against_the_stubs(tmp_path: Path) -> None:
-    result = trt_oracle.run_mypy(
-        tmp_path / "ok", ["proad.kernels.trt_plugin", "proad.export.engine", "proad.edge.backends.tensorrt_backend"]
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    probe = tmp_path / "probe"
-    src, _ = trt_oracle.mypy_tree(probe)
-    (probe / "misuse.py").write_text(
+    """Our TensorRT modules type-check against NVIDIA's stubs, and the check can fail: a module that
+    misuses the API, checked in the same mypy run, is reported, and it is the only one."""
+    misuse = (
         "import tensorrt as trt\n"
         "def build(logger: trt.ILogger) -> None:\n"
         "    builder = trt.Builder(logger)\n"
         "    builder.create_netwrok(0)\n"
         "    builder.create_builder_config().set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 'big')\n"
     )
-    shutil.move(probe / "misuse.py", src / "misuse.py")
-    out = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"), "--no-incremental",
-         "--cache-dir", str(probe / "cache"), "-m", "misuse"],
-        cwd=src, capture_output=True, text=True, env={"MYPYPATH": f"{src}:{probe / 'stubs'}", "PATH": "/usr/bin:/bin"},
-        timeout=600,
+    result = trt_oracle.run_mypy(
+        tmp_path, ["proad.kernels.trt_plugin", "proad.export.engine", "proad.edge.backends.tensorrt_backend"],
+        extra={"misuse": misuse},
     )
-    assert out.returncode == 1
-    assert "create_netwrok" in out.stdout and "set_memory_pool_limit" in out.stdout
+    report = result.stdout + result.stderr
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert result.returncode == 1, report
+    assert errors and all(line.startswith("misuse.py:") for line in errors), report
+    assert "create_netwrok" in report and "set_memory_pool_limit" in report, report
 
 
 def _compile_in_subprocess(dtype: str, cc: int, ptx: Path) -> dict:

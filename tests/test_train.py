@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import proad.train as train_module
-from conftest import BOTTLE
+from conftest import BOTTLE, interrupt_training_at
 from proad.checkpoint import CheckpointError, build_model, load_checkpoint
 from proad.cli import eval_main, synth_main, train_main
 from proad.config import ModelConfig, TrainConfig
@@ -71,16 +71,7 @@ def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path, small_cfg: Mo
     cfg = TrainConfig(iterations=12, batch_size=4, warmup=2, checkpoint_every=5, holdout_fraction=0.25)
     straight = train([tiny_data], tmp_path / "a.pt", small_cfg, cfg, progress=False, log=lambda s: None)
 
-    real_loss = train_module.proad_loss
-    calls = {"n": 0}
-
-    def crash_at_step_8(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "proad_loss", crash_at_step_8)
+    real_loss = interrupt_training_at(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         train([tiny_data], tmp_path / "b.pt", small_cfg, cfg, progress=False, log=lambda s: None)
     assert (tmp_path / "b.pt.resume").is_file() and not (tmp_path / "b.pt").exists()
@@ -194,7 +185,8 @@ def test_short_training_detects_real_bottle_defects(tmp_path: Path) -> None:
     """What works on generated data works on real camera images: a short run already separates them."""
     from proad.evaluate import evaluate
 
-    ckpt = train([BOTTLE], tmp_path / "bottle.pt", ModelConfig(), TrainConfig(iterations=40, batch_size=16, warmup=10),
+    # 40 steps of fast's batch of 8 (the same readings as 40 of 16 to the third decimal, in half the time)
+    ckpt = train([BOTTLE], tmp_path / "bottle.pt", ModelConfig(), TrainConfig(iterations=40, batch_size=8, warmup=10),
                  progress=False, log=lambda s: None)
     result = evaluate(build_model(ckpt), open_categories([BOTTLE], None, 256), ckpt.threshold, progress=False)
     bottle = result["categories"]["bottle"]
