@@ -6,7 +6,8 @@ For a trained checkpoint (one model for the real categories in ``../shared/data`
 1. exports the fp32 graph and the int8 graph exactly as ``proad-export onnx [--precision int8
    --calibration <each category's train/good>]`` does, plus the int8 forms that lost (measured
    and kept in the report, never the default): ``encoder all int8`` (only the map tail in float)
-   and ``everything int8`` (nothing kept in float);
+   and ``everything int8`` (nothing kept in float); with ``--bf16`` also the fp32 and default int8
+   graphs with OpenVINO's bf16 for what runs in float (``openvino.precision: bf16``);
 2. **accuracy**: every real category's test set through each graph in OpenVINO (what the daemon's
    ``backend.kind: openvino`` runs), scored by :func:`proad.evaluate.evaluate` (image AUROC,
    pixel AUROC, AUPRO, misses and false alarms at the stored thresholds); the bar is at most
@@ -16,7 +17,7 @@ For a trained checkpoint (one model for the real categories in ``../shared/data`
 
 Writes ``bench/results/int8.{json,md}``.
 
-    python bench/int8.py --checkpoint model.pt [--data ROOT ...] [--seconds 6] [--rounds 3]
+    python bench/int8.py --checkpoint model.pt [--data ROOT ...] [--seconds 6] [--rounds 3] [--bf16]
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=6.0, help="measured time per graph and batch size")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--name", default="int8")
+    p.add_argument("--bf16", action="store_true",
+                   help="also the fp32 and default int8 graphs with OpenVINO's bf16 for their float parts "
+                        "(where the CPU has bf16 units)")
     args = p.parse_args()
     import onnxruntime as ort
 
@@ -102,9 +106,13 @@ def main() -> int:
         graphs["OpenVINO int8, encoder all int8 (lost)"] = nncf_quantize(proto, calib, tail)
         graphs["OpenVINO int8, everything int8 (lost)"] = nncf_quantize(proto, calib, [])
         runners = {name: runner(g, args.threads) for name, g in graphs.items()}
+        if args.bf16:  # the same graphs with their float parts in bf16 (openvino.precision: bf16)
+            runners["OpenVINO fp32, bf16"] = runner(proto, args.threads, "bf16")
+            runners["OpenVINO int8 (default), bf16 float parts"] = runner(graphs["OpenVINO int8 (default)"],
+                                                                          args.threads, "bf16")
         # would the export's check (the same held-out normal images) have refused each form?
         gate = {}
-        for name in list(graphs)[1:]:
+        for name in list(runners)[1:]:
             found = compare(runners["OpenVINO fp32"], runners[name], check, ckpt.threshold)
             probe = QuantReport(Path(name), "nncf", "openvino", len(calib), len(check), 0, **found)
             gate[name] = {**found, "refused": bool(probe.failures()), "why": probe.failures()}

@@ -24,21 +24,23 @@ The machine's speed drifts by tens of percent within minutes, so the backend alo
 right before and right after each backend's daemon runs, and the ratios use their mean (both are
 kept). ``openvino-int8`` is the OpenVINO backend on the int8 graph ``proad-export onnx --precision
 int8`` writes (calibrated here on the synthetic camera's frames; its accuracy is judged on real
-images by ``bench/int8.py``, not here).
+images by ``bench/int8.py``, not here); ``openvino-int8-bf16`` the same graph with its float parts
+in bf16 (``openvino.precision: bf16``, where the CPU has bf16 units).
 
 The model is the default architecture, untrained (speed does not depend on the weights); the
 daemon's threshold is set from the backend-alone scores so that a fifth of the frames are NG, as
 the camera's defect rate would make them, since every NG also costs a JPEG.
 
-Writes ``bench/results/pipeline.json`` and ``pipeline.md``.
+Writes ``bench/results/pipeline.json`` and ``pipeline.md`` (``--name`` another stem).
 
     python bench/pipeline.py [--seconds 10] [--threads 2] [--backends onnxruntime openvino openvino-int8 torch]
-                             [--cameras 4 8]
+                             [--cameras 4 8] [--name pipeline]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import subprocess
@@ -94,11 +96,13 @@ def make_int8(ckpt: Path, onnx_path: Path, frames: np.ndarray, tmp: Path) -> Pat
     return out
 
 
-def backend_alone(
-    kind: str, model: Path, threads: int, seconds: float, frames: np.ndarray, batch: int = 1
+def _backend_alone(
+    kind: str, model: Path, threads: int, seconds: float, frames: np.ndarray, batch: int = 1,
+    options: dict[str, Any] | None = None,
 ) -> tuple[float, float]:
     """(images/s at ``batch``, a threshold making a fifth of the camera's frames NG, as its defect rate does)."""
-    backend = load_backend(BackendConfig(kind=kind, model=str(model), threads=threads, device="cpu", max_batch=batch))
+    backend = load_backend(BackendConfig(kind=kind, model=str(model), threads=threads, device="cpu", max_batch=batch,
+                                         **(options or {})))
     backend.warmup()
     done, t0, scores = 0, time.perf_counter(), []
     while time.perf_counter() - t0 < seconds:
@@ -111,9 +115,10 @@ def backend_alone(
     return fps, float(np.quantile(scores[: len(frames)], 0.8))
 
 
-def daemon_run(
+def _daemon_run(
     kind: str, model: Path, threads: int, seconds: float, fps: float, tmp: Path, threshold: float,
     stalled: bool = False, tiles: tuple[int, int] | None = None, cameras: int = 1,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One daemon process: ``cameras`` synthetic cameras at ``fps`` each, batched across cameras."""
     ids = [f"cam{i}" for i in range(cameras)]
@@ -121,7 +126,8 @@ def daemon_run(
         "cameras": [{"id": cid, "source": {"kind": "synthetic", "category": "board", "fps": fps,
                                            "pool": 32 if cameras == 1 else 12, "defect_rate": 0.2, "seed": i},
                      "tiles": tiles} for i, cid in enumerate(ids)],
-        "backend": {"kind": kind, "model": str(model), "threads": threads, "device": "cpu", "max_batch": cameras},
+        "backend": {"kind": kind, "model": str(model), "threads": threads, "device": "cpu", "max_batch": cameras,
+                    **(options or {})},
         "threshold": threshold,  # the untrained model's scores: a fifth NG, each with its JPEG, as on a line
         "publish": {"endpoint": "tcp://127.0.0.1:5565", "hwm": 1000},
         "status": {"endpoint": None},
@@ -184,9 +190,14 @@ def daemon_run(
 
 
 def measure_backend(
-    label: str, kind: str, model: Path, args: argparse.Namespace, frames: np.ndarray, tmp: Path
+    label: str, kind: str, model: Path, args: argparse.Namespace, frames: np.ndarray, tmp: Path,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every daemon case of one backend, each group bracketed by the backend alone before and after."""
+    """Every daemon case of one backend, each group bracketed by the backend alone before and after.
+
+    ``options``: further backend config fields (e.g. ``{"openvino": {"precision": "bf16"}}``)."""
+    backend_alone = functools.partial(_backend_alone, options=options)
+    daemon_run = functools.partial(_daemon_run, options=options)
     before, thr = backend_alone(kind, model, args.threads, args.seconds / 2, frames)
     flat = daemon_run(kind, model, args.threads, args.seconds, round(2 * before), tmp, thr)
     stall = daemon_run(kind, model, args.threads, args.seconds, round(2 * before), tmp, thr, stalled=True)
@@ -227,7 +238,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "openvino-int8", "torch"],
-                   choices=["onnxruntime", "openvino", "openvino-int8", "torch"])
+                   choices=["onnxruntime", "openvino", "openvino-int8", "openvino-int8-bf16", "torch"])
+    p.add_argument("--name", default="pipeline", help="results file stem under bench/results")
     p.add_argument("--cameras", nargs="*", type=int, default=[4, 8], help="several-camera cases (none: skip)")
     args = p.parse_args()
 
@@ -241,11 +253,13 @@ def main() -> int:
         for name in args.backends:
             if name == "torch":
                 kind, model = "torch", ckpt
-            elif name == "openvino-int8":
-                kind, model = "openvino", make_int8(ckpt, onnx_path, frames, tmp)
+            elif name.startswith("openvino-int8"):
+                int8 = tmp / "model-int8.onnx"
+                kind, model = "openvino", int8 if int8.is_file() else make_int8(ckpt, onnx_path, frames, tmp)
             else:
                 kind, model = name, onnx_path
-            rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp)})
+            options = {"openvino": {"precision": "bf16"}} if name.endswith("-bf16") else None
+            rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp, options)})
     data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rows": rows}
     today = next((r for r in rows if r["backend"] == "onnxruntime"), None)
     lines = [
@@ -290,7 +304,7 @@ def main() -> int:
                     f"{max(b['dropped_share'].values()):.2%} | {b['latency_publish_ms']['p99']:.1f} | "
                     f"{o['fps']:.1f} ({m['overloaded_ratio']:.0%}) | {o['camera_spread']:.1%} |"
                 )
-    write_results("pipeline", data, "\n".join(lines))
+    write_results(args.name, data, "\n".join(lines))
     return 0
 
 

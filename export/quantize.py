@@ -195,16 +195,19 @@ def nncf_quantize(proto: onnx.ModelProto, images: Sequence[np.ndarray], float_no
     )  # fmt: skip
 
 
-def runner(proto: onnx.ModelProto, threads: int = 2) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
+def runner(
+    proto: onnx.ModelProto, threads: int = 2, precision: str = "f32"
+) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
     """``images -> (maps, scores)`` of a plain graph in OpenVINO, set up as the daemon's
-    ``backend.kind: openvino`` sets it up (f32, latency hint)."""
+    ``backend.kind: openvino`` sets it up (latency hint; ``precision``: the float parts' precision,
+    the backend's ``openvino.precision``, f32 by default as there)."""
     try:
         import openvino as ov
     except ImportError as exc:
         raise ExportError("int8 export checks in OpenVINO: pip install 'proad-edge[openvino]'") from exc
     core = ov.Core()
     compiled = core.compile_model(core.read_model(proto.SerializeToString(), b""), "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
