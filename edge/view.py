@@ -498,6 +498,7 @@ def build_app(cfg: ViewConfig, line: LineState | None = None) -> Any:
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
+    from starlette.types import Receive, Scope, Send
 
     line = line if line is not None else LineState(cfg)
     html, script_hash = _page()
@@ -531,26 +532,34 @@ def build_app(cfg: ViewConfig, line: LineState | None = None) -> Any:
             return Response("not in the gallery\n", 404, media_type="text/plain")
         return Response(jpg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    async def events(request: Request) -> Response:
-        if line.clients >= cfg.max_clients:
-            return Response(f"at most {cfg.max_clients} event streams\n", 503, media_type="text/plain")
+    class EventStream(StreamingResponse):
+        """An event stream that holds one of ``max_clients`` slots from its request's check until the
+        response ends (the client gone, a send failed or the server stopping), whether or not its
+        body ever started: a slot taken when the body starts would let requests that arrive together
+        all pass the check."""
 
-        async def stream() -> AsyncIterator[str]:
-            line.clients += 1  # only the event loop's thread touches it
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
             try:
-                yield "retry: 2000\n\n"
-                sent_version, sent_at = -1, 0.0
-                while not line.closing.is_set():
-                    now = time.monotonic()
-                    if line.version != sent_version or now - sent_at >= 1.0:  # ages move on: once a second
-                        sent_version, sent_at = line.version, now
-                        yield f"data: {json.dumps(line.snapshot(), separators=(',', ':'))}\n\n"
-                    await asyncio.sleep(1.0 / cfg.push_hz)
+                await super().__call__(scope, receive, send)
             finally:
                 line.clients -= 1
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={**no_store, "X-Accel-Buffering": "no"})
+    async def events(request: Request) -> Response:
+        if line.clients >= cfg.max_clients:
+            return Response(f"at most {cfg.max_clients} event streams\n", 503, media_type="text/plain")
+        line.clients += 1  # taken before any await; only the event loop's thread touches it
+
+        async def stream() -> AsyncIterator[str]:
+            yield "retry: 2000\n\n"
+            sent_version, sent_at = -1, 0.0
+            while not line.closing.is_set():
+                now = time.monotonic()
+                if line.version != sent_version or now - sent_at >= 1.0:  # ages move on: once a second
+                    sent_version, sent_at = line.version, now
+                    yield f"data: {json.dumps(line.snapshot(), separators=(',', ':'))}\n\n"
+                await asyncio.sleep(1.0 / cfg.push_hz)
+
+        return EventStream(stream(), media_type="text/event-stream", headers={**no_store, "X-Accel-Buffering": "no"})
 
     routes = [
         Route("/", page, methods=["GET"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -202,4 +203,66 @@ def test_view_in_headlesschromium(board_model, backend, tmp_path: Path) -> None:
         stop.set()
         view.join(20)
         daemon.stop()
+    assert codes == [0]
+
+
+def _open_stream(url: str) -> tuple[socket.socket, int]:
+    """GET /events on a raw socket: the open connection and the response's status code."""
+    host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"GET /events?token={TOKEN} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    status = b""
+    while b"\r\n" not in status:
+        chunk = sock.recv(1)
+        assert chunk, "the view closed the connection before its status line"
+        status += chunk
+    return sock, int(status.split()[1])
+
+
+def test_event_streams_beyond_max_clients_are_refused_even_when_they_arrive_together() -> None:
+    """Twelve clients ask at once, three are served (503 for the rest); a slot comes back when its
+    client leaves. The slot is taken at the check: taken when a stream's body starts, requests that
+    arrive together all passed it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    view_cfg = ViewConfig(daemon=DaemonLink(endpoint="tcp://127.0.0.1:9", status_endpoint=None),
+                          port=0, token=TOKEN, max_clients=3)  # fmt: skip
+    stop, urls, codes = threading.Event(), [], []
+    view = threading.Thread(target=lambda: codes.append(run_view(view_cfg, stop, urls.append)), daemon=True)
+    view.start()
+    opened: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not urls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert urls, "the view did not start serving"
+        barrier = threading.Barrier(12)
+
+        def together(_: int) -> tuple[socket.socket, int]:
+            barrier.wait()
+            return _open_stream(urls[0])
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(together, range(12)))
+        opened = [sock for sock, _ in answers]
+        statuses = sorted(code for _, code in answers)
+        assert statuses == [200] * 3 + [503] * 9, statuses
+        served = [sock for sock, code in answers if code == 200]
+        served[0].close()  # one client leaves: its slot comes back (once the server sees it gone)
+        deadline = time.monotonic() + 30
+        while True:
+            sock, code = _open_stream(urls[0])
+            opened.append(sock)
+            if code == 200:
+                break
+            assert code == 503 and time.monotonic() < deadline, "the slot of a closed stream never came back"
+            time.sleep(0.1)
+        sock, code = _open_stream(urls[0])
+        opened.append(sock)
+        assert code == 503  # and only that one
+    finally:
+        for sock in opened:
+            sock.close()
+        stop.set()
+        view.join(30)
     assert codes == [0]
