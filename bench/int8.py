@@ -7,7 +7,9 @@ For a trained checkpoint (one model for the real categories in ``../shared/data`
    --calibration <each category's train/good>]`` does, plus the int8 forms that lost (measured
    and kept in the report, never the default): ``encoder all int8`` (only the map tail in float)
    and ``everything int8`` (nothing kept in float); with ``--bf16`` also the fp32 and default int8
-   graphs with OpenVINO's bf16 for what runs in float (``openvino.precision: bf16``);
+   graphs with OpenVINO's bf16 for what runs in float (``openvino.precision: bf16``); with
+   ``--settings SETTING:FLOAT ...`` also graphs quantized with other NNCF settings (:data:`SETTINGS`)
+   and another choice of what stays in float (:data:`KEPT_FLOAT`), e.g. ``histogram:tail``;
 2. **accuracy**: every real category's test set through each graph in OpenVINO (what the daemon's
    ``backend.kind: openvino`` runs), scored by :func:`proad.evaluate.evaluate` (image AUROC,
    pixel AUROC, AUPRO, misses and false alarms at the stored thresholds); the bar is at most
@@ -18,6 +20,7 @@ For a trained checkpoint (one model for the real categories in ``../shared/data`
 Writes ``bench/results/int8.{json,md}``.
 
     python bench/int8.py --checkpoint model.pt [--data ROOT ...] [--seconds 6] [--rounds 3] [--bf16]
+                         [--settings histogram:tail full-bias-correction:tail ...] [--name NAME]
 """
 
 from __future__ import annotations
@@ -57,6 +60,38 @@ from proad.train import open_categories
 
 BAR = {"image_auroc": 0.005, "aupro": 0.01}
 
+#: Other NNCF settings a ``--settings`` candidate can use (``nncf.quantize`` keywords, built lazily:
+#: nncf is imported only when one is asked for). The export uses none of them (README, "int8").
+SETTINGS: dict[str, Callable[[], dict[str, Any]]] = {
+    "defaults": lambda: {},
+    "histogram": lambda: _advanced(activations_range_estimator_params="HISTOGRAM"),  # ranges from histograms
+    "quantile": lambda: _advanced(activations_range_estimator_params="MEAN_QUANTILE"),  # outliers clipped
+    "full-bias-correction": lambda: {"fast_bias_correction": False},  # NNCF's slower, layer-wise correction
+    "no-bias-correction": lambda: _advanced(disable_bias_correction=True),
+}
+#: What a ``--settings`` candidate keeps in float: the shipped choice, only the map tail (the whole
+#: encoder int8), or the tail and the encoder's stem (its blocks int8).
+KEPT_FLOAT = ("default", "tail", "tail+stem")
+
+
+def _advanced(**fields: Any) -> dict[str, Any]:
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    for key in ("activations_range_estimator_params",):
+        if key in fields:
+            fields[key] = getattr(RangeEstimatorParametersSet, fields[key])
+    return {"advanced_parameters": AdvancedQuantizationParameters(**fields)}
+
+
+def setting_spec(text: str) -> tuple[str, str]:
+    """``SETTING:FLOAT`` -> (setting, kept float), for argparse."""
+    setting, _, kept = text.partition(":")
+    if setting not in SETTINGS or (kept or "default") not in KEPT_FLOAT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want SETTING:FLOAT, SETTING one of {', '.join(SETTINGS)}, FLOAT one of {', '.join(KEPT_FLOAT)}")
+    return setting, kept or "default"
+
 
 class GraphModel(torch.nn.Module):
     """An exported graph behind the interface :func:`proad.evaluate.evaluate` calls."""
@@ -81,6 +116,9 @@ def main() -> int:
     p.add_argument("--bf16", action="store_true",
                    help="also the fp32 and default int8 graphs with OpenVINO's bf16 for their float parts "
                         "(where the CPU has bf16 units)")
+    p.add_argument("--settings", nargs="+", type=setting_spec, default=[], metavar="SETTING:FLOAT",
+                   help=f"also int8 graphs quantized with other NNCF settings ({', '.join(SETTINGS)}) keeping "
+                        f"{' / '.join(KEPT_FLOAT)} in float, e.g. histogram:tail")
     args = p.parse_args()
     import onnxruntime as ort
 
@@ -105,6 +143,12 @@ def main() -> int:
         calib, check = split_check(calibration_images(calibration, cfg, 128, ckpt.category_tiles))  # as quantize()
         graphs["OpenVINO int8, encoder all int8 (lost)"] = nncf_quantize(proto, calib, tail)
         graphs["OpenVINO int8, everything int8 (lost)"] = nncf_quantize(proto, calib, [])
+        shipped = float_nodes(proto, first)
+        kept = {"default": shipped, "tail": tail,
+                "tail+stem": [n for n in shipped if n in tail or "blocks." not in scopes[n]]}
+        for setting, floats in args.settings:
+            graphs[f"OpenVINO int8, {floats} float, {setting}"] = nncf_quantize(proto, calib, kept[floats],
+                                                                                SETTINGS[setting]())
         runners = {name: runner(g, args.threads) for name, g in graphs.items()}
         if args.bf16:  # the same graphs with their float parts in bf16 (openvino.precision: bf16)
             runners["OpenVINO fp32, bf16"] = runner(proto, args.threads, "bf16")

@@ -9,6 +9,8 @@ other request gets an error answer, never silence (REQ clients would hang).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 
 import zmq
 
@@ -27,6 +29,7 @@ class StatusServer(SocketThread):
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, 4096)  # a request is one word; anything bigger is dropped
         self.monitor, self.endpoint = serve(self.sock, endpoint, "status", telemetry, curve)
+        self.count_invalid = partial(telemetry.event, "invalid_requests.status")
 
     def run(self) -> None:
         try:
@@ -35,16 +38,20 @@ class StatusServer(SocketThread):
                 if not self.sock.poll(200):
                     continue
                 request = b"".join(self.sock.recv_multipart())
-                self.sock.send(json.dumps(answer(request, self.telemetry)).encode())
+                reply = answer(request, self.telemetry.snapshot, self.count_invalid)
+                self.sock.send(json.dumps(reply).encode())
         finally:
             self.monitor.close()
             self.sock.close(0)
 
 
-def answer(request: bytes, telemetry: Telemetry) -> dict:
+def answer(request: bytes, snapshot: Callable[[], dict], invalid: Callable[[], None]) -> dict:
+    """The reply to one status request: ``snapshot()`` for ``b"status"`` (or an empty request), else an
+    error naming what to send, after ``invalid()`` has counted it. Every status socket (the daemon's,
+    the bridges') answers through this, so their clients see one protocol."""
     if request.strip() in (b"status", b""):
-        return telemetry.snapshot()
-    telemetry.event("invalid_requests.status")
+        return snapshot()
+    invalid()
     return {"error": f"unknown request {request[:32]!r}; send b'status'"}
 
 

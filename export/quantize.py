@@ -181,8 +181,16 @@ def float_nodes(proto: onnx.ModelProto, first_level_block: int) -> list[str]:
     return sorted(keep)
 
 
-def nncf_quantize(proto: onnx.ModelProto, images: Sequence[np.ndarray], float_nodes: Sequence[str]) -> onnx.ModelProto:
-    """NNCF's post-training quantization of the ONNX graph (QDQ), ``float_nodes`` left in float."""
+def nncf_quantize(
+    proto: onnx.ModelProto,
+    images: Sequence[np.ndarray],
+    float_nodes: Sequence[str],
+    options: Mapping[str, Any] | None = None,
+) -> onnx.ModelProto:
+    """NNCF's post-training quantization of the ONNX graph (QDQ), ``float_nodes`` left in float.
+
+    ``options``: further ``nncf.quantize`` keywords, for measuring other settings (``bench/int8.py
+    --settings``); the export uses NNCF's defaults for the ``performance`` preset."""
     try:
         import nncf
     except ImportError as exc:
@@ -192,6 +200,7 @@ def nncf_quantize(proto: onnx.ModelProto, images: Sequence[np.ndarray], float_no
     return nncf.quantize(
         proto, dataset, subset_size=len(images), preset=nncf.QuantizationPreset.PERFORMANCE,
         ignored_scope=nncf.IgnoredScope(names=list(float_nodes), validate=False) if float_nodes else None,
+        **(options or {}),
     )  # fmt: skip
 
 

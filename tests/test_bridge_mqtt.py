@@ -155,18 +155,20 @@ def test_every_ng_reaches_the_broker_across_restarts_and_kills(board_model, back
 
 
 def test_a_broker_that_is_down_is_counted_not_fatal() -> None:
-    """No broker at all: the bridge keeps running, counts every OK result it could not send, stops cleanly."""
+    """No broker at all: the bridge keeps running, counts every OK result it could not send, stops cleanly,
+    and its status socket answers as the daemon's does (a wrong request gets an error and is counted)."""
     import numpy as np
     import zmq
 
     from proad.edge.bridges.mqtt import MqttBridge, MqttBridgeConfig
     from proad.edge.messages import FrameResult, encode_map, topic
+    from proad.edge.status import query_status
     from services import free_port
 
     pub = zmq.Context.instance().socket(zmq.PUB)
     endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
     cfg = MqttBridgeConfig.model_validate({"daemon": {"endpoint": endpoint, "status_endpoint": None},
-                                           "broker": {"port": free_port()}})
+                                           "broker": {"port": free_port()}, "status_endpoint": "tcp://127.0.0.1:*"})
     bridge, stop = MqttBridge(cfg), threading.Event()
     thread = threading.Thread(target=bridge.run, args=(stop,))
     thread.start()
@@ -181,6 +183,15 @@ def test_a_broker_that_is_down_is_counted_not_fatal() -> None:
                                 encode_map(np.zeros((4, 4), np.float32), "float16", 1.0).tobytes()])
             seq += 1
             time.sleep(0.01)  # a 100 fps stream
+        status = query_status(bridge.status_endpoint, timeout_ms=30_000)
+        assert status["bridge"] == "mqtt" and status["broker_connected"] is False and status["received_ok"] >= 50
+        req = zmq.Context.instance().socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(bridge.status_endpoint)
+        req.send(b"counters please")
+        assert req.poll(30_000), "the bridge did not answer a wrong status request"
+        assert "send b'status'" in json.loads(req.recv())["error"]
+        req.close(0)
     finally:
         stop.set()
         thread.join(30)
@@ -190,3 +201,4 @@ def test_a_broker_that_is_down_is_counted_not_fatal() -> None:
     counters = bridge.snapshot()
     assert counters["broker_connected"] is False
     assert counters["received_ok"] == counters["ok_dropped.broker_down"] >= 50  # every OK that came is counted
+    assert counters["invalid_status_requests"] == 1

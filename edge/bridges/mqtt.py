@@ -53,6 +53,7 @@ from proad.edge.bridges.link import DaemonLink
 from proad.edge.messages import FrameResult, WireError, as_bytes, map_to_float
 from proad.edge.ng_channel import ACK, HELLO, NG, decode_record
 from proad.edge.sockets import StartupError
+from proad.edge.status import answer
 from proad.edge.subscriber import Subscriber
 from proad.viz import heatmap
 
@@ -335,10 +336,8 @@ class MqttBridge:
     def _answer_status(self) -> None:
         assert self.status is not None
         request = b"".join(self.status.recv_multipart())
-        if request.strip() in (b"status", b""):
-            self.status.send(json.dumps(self.snapshot()).encode())
-        else:
-            self.status.send(json.dumps({"error": f"unknown request {request[:32]!r}; send b'status'"}).encode())
+        reply = answer(request, self.snapshot, lambda: self.counters.update(["invalid_status_requests"]))
+        self.status.send(json.dumps(reply).encode())
 
     def snapshot(self) -> dict[str, Any]:
         return {"bridge": "mqtt", "broker_connected": self.connected.is_set(), "missed": dict(self.stream.missed),
