@@ -64,8 +64,8 @@ BAR = {"image_auroc": 0.005, "aupro": 0.01}
 #: nncf is imported only when one is asked for). The export uses none of them (README, "int8").
 SETTINGS: dict[str, Callable[[], dict[str, Any]]] = {
     "defaults": lambda: {},
-    "histogram": lambda: _advanced(activations_range_estimator_params="HISTOGRAM"),  # ranges from histograms
-    "quantile": lambda: _advanced(activations_range_estimator_params="MEAN_QUANTILE"),  # outliers clipped
+    "histogram": lambda: _advanced(ranges="HISTOGRAM"),  # activation ranges from histograms
+    "quantile": lambda: _advanced(ranges="MEAN_QUANTILE"),  # activation ranges with outliers clipped
     "full-bias-correction": lambda: {"fast_bias_correction": False},  # NNCF's slower, layer-wise correction
     "no-bias-correction": lambda: _advanced(disable_bias_correction=True),
 }
@@ -74,13 +74,13 @@ SETTINGS: dict[str, Callable[[], dict[str, Any]]] = {
 KEPT_FLOAT = ("default", "tail", "tail+stem")
 
 
-def _advanced(**fields: Any) -> dict[str, Any]:
+def _advanced(ranges: str | None = None, **fields: Any) -> dict[str, Any]:
+    """NNCF's advanced parameters: ``ranges`` names a ``RangeEstimatorParametersSet`` for activations."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    for key in ("activations_range_estimator_params",):
-        if key in fields:
-            fields[key] = getattr(RangeEstimatorParametersSet, fields[key])
+    if ranges is not None:
+        fields["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet, ranges)
     return {"advanced_parameters": AdvancedQuantizationParameters(**fields)}
 
 
