@@ -225,13 +225,16 @@ def test_sigterm_drains_and_loses_nothing_accepted(board_model, tmp_path: Path) 
     proc = _cli("run", "--config", str(path))
     # ZeroMQ's slow joiner: the daemon publishes before our subscription takes effect. Once its status
     # counts the subscription, every later result reaches us: published by then bounds the first we see
-    deadline = time.monotonic() + 60
+    # (the publisher counts a subscription when it next publishes, so this also waits for the first result)
+    deadline, last = time.monotonic() + 120, "no status answer yet"  # a safety net for a loaded machine
     while True:
-        assert time.monotonic() < deadline and proc.poll() is None, "the daemon did not take the subscription"
+        assert proc.poll() is None, f"the daemon exited: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"the daemon did not take the subscription; last status: {last}"
         try:
             subscribed = query_status(f"tcp://127.0.0.1:{status}", timeout_ms=1000)
         except TimeoutError:
             continue
+        last = str({k: subscribed.get(k) for k in ("published", "events", "frames_in")})[:500]
         if subscribed["events"].get("subscriptions.publish", 0) >= 1:
             break
         time.sleep(0.05)  # poll interval
