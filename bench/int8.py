@@ -138,14 +138,13 @@ def main() -> int:
         proto = onnx.load(str(fp32))
         graphs = {"OpenVINO fp32": proto, "OpenVINO int8 (default)": onnx.load(str(Path(tmp) / "int8.onnx"))}
         scopes = {node.name: node_scope(node) for node in proto.graph.node}
-        tail = [n for n in float_nodes(proto, first) if "model.encoder." not in scopes[n]
-                and "model.input_norm" not in scopes[n]]  # fmt: skip
+        shipped = float_nodes(proto, first)  # what the export keeps in float
+        tail = [n for n in shipped if "model.encoder." not in scopes[n] and "model.input_norm" not in scopes[n]]
+        kept = {"default": shipped, "tail": tail,
+                "tail+stem": [n for n in shipped if n in tail or "blocks." not in scopes[n]]}
         calib, check = split_check(calibration_images(calibration, cfg, 128, ckpt.category_tiles))  # as quantize()
         graphs["OpenVINO int8, encoder all int8 (lost)"] = nncf_quantize(proto, calib, tail)
         graphs["OpenVINO int8, everything int8 (lost)"] = nncf_quantize(proto, calib, [])
-        shipped = float_nodes(proto, first)
-        kept = {"default": shipped, "tail": tail,
-                "tail+stem": [n for n in shipped if n in tail or "blocks." not in scopes[n]]}
         for setting, floats in args.settings:
             graphs[f"OpenVINO int8, {floats} float, {setting}"] = nncf_quantize(proto, calib, kept[floats],
                                                                                 SETTINGS[setting]())

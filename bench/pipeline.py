@@ -250,12 +250,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         ckpt, onnx_path = make_model(tmp)
+        int8: Path | None = None
         for name in args.backends:
             if name == "torch":
                 kind, model = "torch", ckpt
-            elif name.startswith("openvino-int8"):
-                int8 = tmp / "model-int8.onnx"
-                kind, model = "openvino", int8 if int8.is_file() else make_int8(ckpt, onnx_path, frames, tmp)
+            elif name.startswith("openvino-int8"):  # one int8 graph for both of its backends
+                int8 = int8 or make_int8(ckpt, onnx_path, frames, tmp)
+                kind, model = "openvino", int8
             else:
                 kind, model = name, onnx_path
             options = {"openvino": {"precision": "bf16"}} if name.endswith("-bf16") else None
