@@ -13,7 +13,9 @@ default, about 3 minutes), and the readings that say *why* a variant wins or los
 Encoder features are cached per (backbone, levels, size, resize, photometric) under
 ``bench/.cache/probe`` so the next variant trains at once. Variants are ``accuracy.VARIANTS`` names
 or JSON ``ModelConfig`` overrides; ``--photometric`` standardises each picture's intensities first
-(a preprocessing candidate, not a model option)::
+(a preprocessing candidate, not a model option); ``--center`` subtracts the mean training feature
+of every level (all categories together) before the decoder sees, rebuilds and compares it (a
+loss-and-map candidate: the cosine then measures the deviation from the common mean)::
 
     python bench/probe_real.py --variants default pool3 no-constraint letterbox
     python bench/probe_real.py --variants '{"feature_pool": 5}' --iterations 1000
@@ -112,16 +114,42 @@ def reconstruction_error(model: ProAD, feats: list[torch.Tensor]) -> list[float]
     return [round(float((1 - F.cosine_similarity(a, b, dim=1)).mean()), 4) for a, b in zip(f, recs, strict=True)]
 
 
+def centred(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every level of every category minus that level's mean training feature over all categories."""
+    means = [
+        torch.cat([d["train"][level] for d in raw.values()]).float().mean((0, 2, 3), keepdim=True)
+        for level in range(len(next(iter(raw.values()))["train"]))
+    ]
+    return {
+        cat: {
+            **d,
+            **{
+                part: [(f.float() - m).half() for f, m in zip(d[part], means, strict=True)]
+                for part in ("train", "test")
+            },
+        }
+        for cat, d in raw.items()
+    }
+
+
 def run_variant(
-    name: str, cfg: ModelConfig, iterations: int, photometric: bool, seed: int, train: dict[str, Any] | None = None
+    name: str,
+    cfg: ModelConfig,
+    iterations: int,
+    photometric: bool,
+    seed: int,
+    train: dict[str, Any] | None = None,
+    center: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = ProAD(cfg)
     folders = open_categories(real_roots(), None, cfg.image_size, cfg.resize)
+    raw = {f.category: cached_features(model, cfg, f, photometric) for f in folders}
+    if center:
+        raw = centred(raw)
     data = {}
-    for f in folders:
-        d = cached_features(model, cfg, f, photometric)
-        data[f.category] = {
+    for category, d in raw.items():
+        data[category] = {
             **d,
             "train": pooled(d["train"], cfg.feature_pool),
             "test": pooled(d["test"], cfg.feature_pool),
@@ -150,6 +178,7 @@ def run_variant(
         "model_config": cfg.model_dump(mode="json", exclude_defaults=True),
         "train_config": train or {},
         "photometric": photometric,
+        "center": center,
         "iterations": iterations,
         "seed": seed,
         "train_seconds": round(time.perf_counter() - t0, 1),
@@ -211,7 +240,9 @@ def table(runs: list[dict[str, Any]]) -> str:
                 continue
             cells.append(f"{v['image_auroc']:.3f} ({v['image_auroc_max']:.3f}) / {v['pixel_auroc']:.3f}")
             cells.append(" ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(v["train_error"], v["test_error"], strict=True)))
-        label = r["variant"] + (" +photometric" if r.get("photometric") else "")
+        label = (
+            r["variant"] + (" +photometric" if r.get("photometric") else "") + (" +center" if r.get("center") else "")
+        )
         label += f", seed {r['seed']}" if r.get("seed") else ""  # runs before seeds were recorded: seed 0
         lines.append(f"| {label} | {r['iterations']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -233,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "--train", default="{}", help="JSON TrainConfig overrides for every variant, e.g. '{\"lr\": 0.004}'"
     )
     ap.add_argument("--photometric", action="store_true", help="standardise each picture's intensities first")
+    ap.add_argument("--center", action="store_true", help="subtract every level's mean training feature first")
     ap.add_argument("--name", default="probe_real", help="results file stem under bench/results")
     args = ap.parse_args(argv)
     if not real_roots():
@@ -252,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         train = json.loads(args.train)
         if train:
             name += f" train {json.dumps(train, separators=(',', ':'))}"
-        run = run_variant(name, ModelConfig(**overrides), args.iterations, args.photometric, args.seed, train)
+        run = run_variant(
+            name, ModelConfig(**overrides), args.iterations, args.photometric, args.seed, train, args.center
+        )
         runs.append(run)
         write_results(args.name, {"machine": machine(), "runs": runs}, table(runs))
     return 0

@@ -221,12 +221,15 @@ def test_sigterm_drains_and_loses_nothing_accepted(board_model, tmp_path: Path) 
     }
     path = tmp_path / "edge.json"
     path.write_text(json.dumps(cfg))
-    sub = Subscriber(f"tcp://127.0.0.1:{pub}", hwm=100000)
     proc = _cli("run", "--config", str(path))
-    # ZeroMQ's slow joiner: the daemon publishes before our subscription takes effect. Once its status
-    # counts the subscription, every later result reaches us: published by then bounds the first we see
-    # (the publisher counts a subscription when it next publishes, so this also waits for the first result)
+    # Connect only once the daemon answers its status (it binds the publisher before that): a SUB that
+    # dials a free local port can connect to itself (Linux's TCP self-connect), and then the daemon
+    # could not bind it. ZeroMQ's slow joiner: the daemon publishes before our subscription takes
+    # effect. Once its status counts the subscription, every later result reaches us: published by then
+    # bounds the first we see (the publisher counts a subscription when it next publishes, so this
+    # also waits for the first result)
     deadline, last = time.monotonic() + 120, "no status answer yet"  # a safety net for a loaded machine
+    sub: Subscriber | None = None
     while True:
         assert proc.poll() is None, f"the daemon exited: {proc.communicate()[1][-2000:]}"
         assert time.monotonic() < deadline, f"the daemon did not take the subscription; last status: {last}"
@@ -234,6 +237,8 @@ def test_sigterm_drains_and_loses_nothing_accepted(board_model, tmp_path: Path) 
             subscribed = query_status(f"tcp://127.0.0.1:{status}", timeout_ms=1000)
         except TimeoutError:
             continue
+        if sub is None:
+            sub = Subscriber(f"tcp://127.0.0.1:{pub}", hwm=100000)
         last = str({k: subscribed.get(k) for k in ("published", "events", "frames_in")})[:500]
         if subscribed["events"].get("subscriptions.publish", 0) >= 1:
             break
