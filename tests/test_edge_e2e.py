@@ -201,16 +201,19 @@ def _cli(*args: str, **kw: object) -> subprocess.Popen:
                             text=True, **kw)
 
 
-def _free_port() -> int:
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct local ports free now (held together while chosen, so no two are the same)."""
     ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(0)
-    return port
+    socks = [ctx.socket(zmq.PUB) for _ in range(n)]
+    try:
+        return [s.bind_to_random_port("tcp://127.0.0.1") for s in socks]
+    finally:
+        for s in socks:
+            s.close(0)
 
 
 def test_sigterm_drains_and_loses_nothing_accepted(board_model, tmp_path: Path) -> None:
-    pub, status = _free_port(), _free_port()
+    pub, status = _free_ports(2)
     cfg = {
         "cameras": [camera("cam0", fps=300, pool=8)],
         "backend": {"kind": "onnxruntime", "model": str(board_model[1]), "threads": 1, "max_batch": 1},
