@@ -38,7 +38,7 @@ from common import REPO, machine, write_results
 from harness import (
     NGRecorder,
     archive_ledger,
-    free_port,
+    free_ports,
     kill,
     spooled,
     start_archiver,
@@ -85,7 +85,7 @@ def main() -> int:
         def client(name: str) -> ClientKeys:
             return ClientKeys(keys / f"{name}.key_secret", keys / "server.key")
 
-        pub, ng, status = free_port(), free_port(), free_port()
+        pub, ng, status = free_ports(3)
         quarter = max(1, int(args.fps * T / 4))
         cfg = {
             "cameras": [{"id": "cam0", "reconnect_initial_s": 0.1, "reconnect_max_s": 1.0,

@@ -21,6 +21,9 @@ from proad.edge.sources import SourceError, SyntheticCamera
 from proad.edge.status import query_status
 from proad.edge.subscriber import Subscriber
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
+from harness import free_ports  # the helpers of the tests that run daemons as processes
+
 
 def config(onnx: Path, cameras: list[dict], **extra: object) -> PipelineConfig:
     data = {
@@ -201,19 +204,8 @@ def _cli(*args: str, **kw: object) -> subprocess.Popen:
                             text=True, **kw)
 
 
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct local ports free now (held together while chosen, so no two are the same)."""
-    ctx = zmq.Context.instance()
-    socks = [ctx.socket(zmq.PUB) for _ in range(n)]
-    try:
-        return [s.bind_to_random_port("tcp://127.0.0.1") for s in socks]
-    finally:
-        for s in socks:
-            s.close(0)
-
-
 def test_sigterm_drains_and_loses_nothing_accepted(board_model, tmp_path: Path) -> None:
-    pub, status = _free_ports(2)
+    pub, status = free_ports(2)
     cfg = {
         "cameras": [camera("cam0", fps=300, pool=8)],
         "backend": {"kind": "onnxruntime", "model": str(board_model[1]), "threads": 1, "max_batch": 1},

@@ -10,7 +10,7 @@ from harness import (
     NGRecorder,
     archive_ledger,
     daemon_config,
-    free_port,
+    free_ports,
     kill,
     spooled,
     start_archiver,
@@ -58,7 +58,7 @@ def test_archiver_killed_and_restarted_loses_no_ng(board_model, backend, tmp_pat
 
 
 def test_daemon_sigkilled_with_full_spool_delivers_after_restart(board_model, tmp_path: Path) -> None:
-    pub, ng, status = free_port(), free_port(), free_port()
+    pub, ng, status = free_ports(3)
     cfg = daemon_config(board_model[1], tmp_path, {"fps": 30})
     cfg["publish"]["endpoint"] = f"tcp://127.0.0.1:{pub}"
     cfg["ng_channel"]["endpoint"] = f"tcp://127.0.0.1:{ng}"
