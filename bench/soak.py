@@ -38,7 +38,6 @@ from common import REPO, machine, write_results
 from harness import (
     NGRecorder,
     archive_ledger,
-    free_ports,
     kill,
     spooled,
     start_archiver,
@@ -46,6 +45,7 @@ from harness import (
     terminate,
     write_config,
 )
+from proad.edge.ports import free_ports
 from proad.edge.security import ClientKeys, create_keypair
 from proad.edge.status import query_status
 from proad.edge.subscriber import Subscriber

@@ -40,9 +40,8 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "faults"))
 from common import machine, write_results
-from harness import free_port
+from proad.edge.ports import free_port
 
 SYSTEMS = ("proad", "imagezmq-pubsub", "imagezmq-reqrep", "raw-pubsub")
 LABELS = {"proad": "proad-edge PUB/SUB", "imagezmq-pubsub": "imagezmq PUB/SUB",

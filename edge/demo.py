@@ -58,7 +58,8 @@ class LineServices:
     """The line demo's neighbours of the daemon: broker, MQTT and OPC UA bridges, the operator's page."""
 
     def __init__(self, workdir: Path) -> None:
-        from proad.edge.bridges.broker import MOSQUITTO, Mosquitto, free_port
+        from proad.edge.bridges.broker import MOSQUITTO, Mosquitto
+        from proad.edge.ports import free_port
 
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen] = {}

@@ -4,7 +4,8 @@ Chromium driven by Selenium through Debian's ChromeDriver."""
 
 from pathlib import Path
 
-from proad.edge.bridges.broker import MOSQUITTO, Mosquitto, free_port
+from proad.edge.bridges.broker import MOSQUITTO, Mosquitto
+from proad.edge.ports import free_port
 
 __all__ = ["CHROMEDRIVER", "CHROMIUM", "MOSQUITTO", "Mosquitto", "chromium", "free_port"]
 

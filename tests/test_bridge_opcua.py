@@ -29,17 +29,12 @@ from proad.edge.bridges.opcua import BridgeStartupError, OpcUaBridgeConfig, run_
 from proad.edge.config import PipelineConfig
 from proad.edge.daemon import Daemon
 from proad.edge.messages import FrameResult, topic
+from proad.edge.ports import free_port
 from proad.edge.subscriber import Subscriber
 
 NS = "urn:proad-edge"
 USERS = {"plc": "s3cret-pw"}
 TIMEOUT = 60.0  # generous: a loaded machine is slow; the conditions are waited for, not slept for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Bridge:

@@ -17,12 +17,10 @@ import zmq
 from proad.edge.backends import load_backend
 from proad.edge.config import BackendConfig, PipelineConfig, SyntheticSource
 from proad.edge.daemon import Daemon
+from proad.edge.ports import free_ports
 from proad.edge.sources import SourceError, SyntheticCamera
 from proad.edge.status import query_status
 from proad.edge.subscriber import Subscriber
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
-from harness import free_ports  # the helpers of the tests that run daemons as processes
 
 
 def config(onnx: Path, cameras: list[dict], **extra: object) -> PipelineConfig:

@@ -19,6 +19,7 @@ from proad.edge.backends.tensorrt_backend import TensorSpec, check_engine_info, 
 from proad.edge.config import BackendConfig, ConfigError, SyntheticSource, load_pipeline_config
 from proad.edge.frames import Frame, FrameQueues
 from proad.edge.messages import FrameResult, WireError, decode, encode_map, map_to_float, topic
+from proad.edge.ports import ephemeral_range, free_ports
 from proad.edge.preprocess import CorruptFrame, prepare
 from proad.edge.sources import ImageFolder, OpenCVCamera, SourceError, SyntheticCamera
 from proad.edge.subscriber import Subscriber
@@ -142,6 +143,22 @@ def test_wire_round_trip_float16_and_uint8() -> None:
 def test_malformed_messages_are_refused(parts: list[bytes], message: str) -> None:
     with pytest.raises(WireError, match=message):
         decode(parts)
+
+
+def test_free_ports_are_distinct_bindable_and_never_a_source_port() -> None:
+    low, high = ephemeral_range()
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
+    assert all(not low <= p <= high for p in ports)  # the kernel never dials out from these
+    ctx = zmq.Context()
+    socks = [ctx.socket(zmq.PUB) for _ in ports]
+    try:
+        for sock, port in zip(socks, ports, strict=True):  # each one free for the service that asked
+            sock.bind(f"tcp://127.0.0.1:{port}")
+    finally:
+        for sock in socks:
+            sock.close(0)
+        ctx.term()
 
 
 def test_subscriber_counts_gaps_and_skips_invalid_messages() -> None:

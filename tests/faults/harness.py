@@ -22,21 +22,6 @@ from proad.edge.subscriber import Subscriber
 _NO_TORCH = "import sys; sys.modules['torch'] = None\n"
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct local ports free now: held together while chosen, so no two are the same (picked
-    one by one, the second pick can return the port the first just let go)."""
-    socks = [zmq.Context.instance().socket(zmq.PUB) for _ in range(n)]
-    try:
-        return [sock.bind_to_random_port("tcp://127.0.0.1") for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close(0)
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
 def start_daemon(config: Path, log: Path) -> subprocess.Popen:
     """``proad-edge run`` in its own process (without torch: the runtime needs none)."""
     code = _NO_TORCH + "from proad.edge.cli import edge_main; sys.exit(edge_main())"

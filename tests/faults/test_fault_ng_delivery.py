@@ -10,7 +10,6 @@ from harness import (
     NGRecorder,
     archive_ledger,
     daemon_config,
-    free_ports,
     kill,
     spooled,
     start_archiver,
@@ -21,6 +20,7 @@ from harness import (
 )
 from proad.edge.config import PipelineConfig
 from proad.edge.daemon import Daemon
+from proad.edge.ports import free_ports
 
 
 def test_archiver_killed_and_restarted_loses_no_ng(board_model, backend, tmp_path: Path) -> None:
