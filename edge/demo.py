@@ -59,12 +59,12 @@ class LineServices:
 
     def __init__(self, workdir: Path) -> None:
         from proad.edge.bridges.broker import MOSQUITTO, Mosquitto
-        from proad.edge.ports import free_port
+        from proad.edge.ports import free_port, port_free
 
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: list = []
-        port = MQTT_PORT if _port_free(MQTT_PORT) else free_port()  # a broker of the machine's may hold 1883
+        port = MQTT_PORT if port_free(MQTT_PORT) else free_port()  # a broker of the machine's may hold 1883
         self.broker = Mosquitto(workdir / "broker", port) if MOSQUITTO is not None else None
         if self.broker is None:
             print("mosquitto is not installed (apt-get install mosquitto): the MQTT bridge is left out")
@@ -242,14 +242,3 @@ def _bridge_summary(log: Path) -> str:
     if "published" in counters:
         return f"; {counters['published']} results written to OPC UA, {counters.get('acknowledged', 0)} acknowledged"
     return ""
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

@@ -31,6 +31,26 @@ def ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
+def _bound(port: int, host: str) -> socket.socket | None:
+    """A TCP socket bound to ``host:port``, or None when the port is taken."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` on ``host`` can be bound now (e.g. a fixed port a broker of the machine may hold)."""
+    sock = _bound(port, host)
+    if sock is None:
+        return False
+    sock.close()
+    return True
+
+
 def free_ports(n: int, host: str = "127.0.0.1", attempts: int = 500) -> list[int]:
     """``n`` distinct TCP ports on ``host``, free now and outside the ephemeral range.
 
@@ -44,11 +64,8 @@ def free_ports(n: int, host: str = "127.0.0.1", attempts: int = 500) -> list[int
         # the OS's randomness, not the random module's state: a test that seeds it must not make two
         # processes try the same ports in the same order
         for port in random.SystemRandom().sample(candidates, min(attempts, len(candidates))):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                sock.close()
+            sock = _bound(port, host)
+            if sock is None:
                 continue
             held.append(sock)
             if len(held) == n:

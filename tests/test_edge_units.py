@@ -19,7 +19,7 @@ from proad.edge.backends.tensorrt_backend import TensorSpec, check_engine_info, 
 from proad.edge.config import BackendConfig, ConfigError, SyntheticSource, load_pipeline_config
 from proad.edge.frames import Frame, FrameQueues
 from proad.edge.messages import FrameResult, WireError, decode, encode_map, map_to_float, topic
-from proad.edge.ports import ephemeral_range, free_ports
+from proad.edge.ports import ephemeral_range, free_ports, port_free
 from proad.edge.preprocess import CorruptFrame, prepare
 from proad.edge.sources import ImageFolder, OpenCVCamera, SourceError, SyntheticCamera
 from proad.edge.subscriber import Subscriber
@@ -154,7 +154,9 @@ def test_free_ports_are_distinct_bindable_and_never_a_source_port() -> None:
     socks = [ctx.socket(zmq.PUB) for _ in ports]
     try:
         for sock, port in zip(socks, ports, strict=True):  # each one free for the service that asked
+            assert port_free(port)
             sock.bind(f"tcp://127.0.0.1:{port}")
+            assert not port_free(port)  # and seen as taken once bound
     finally:
         for sock in socks:
             sock.close(0)
