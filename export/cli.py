@@ -112,7 +112,8 @@ def _int8(args: argparse.Namespace) -> int:
     from proad.export.quantize import describe_quant, enough_calibration, first_feature_block, quantize
 
     model, ckpt = load_model(args.checkpoint)  # a bad calibration folder fails before the minutes of work below
-    images = enough_calibration(args.calibration, ckpt.model_config, args.calibration_count, ckpt.category_tiles)
+    images = enough_calibration(args.calibration, ckpt.model_config, args.calibration_count, ckpt.category_tiles,
+                                list(ckpt.train_info.get("category_thresholds") or {}))
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(args.checkpoint, Path(tmp) / "fp32.onnx", "fp32", args.batch, False, args.tolerance)
         print(describe(fp32))

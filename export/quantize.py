@@ -5,7 +5,8 @@ image scores still look fine (anomalib's issue #2298). Pro-AD's map is ``1 - cos
 features and their reconstruction: a small difference of two tensors, exactly what rounding to 256
 levels disturbs. So a quantized graph is trusted only after :func:`compare` has run it beside the
 fp32 graph on real normal images of the user's own line (the ``--calibration`` folders, images
-not used for calibration), and :func:`quantize` refuses it (:class:`~proad.export.onnx_export.ExportError`,
+not used for calibration; each judged by its category's threshold, as the line judges it), and
+:func:`quantize` refuses it (:class:`~proad.export.onnx_export.ExportError`,
 ``proad-export`` exit 1) beyond :data:`TOLERANCE`.
 
 What is written is the same kind of artifact as every export: one ONNX graph with our metadata
@@ -15,10 +16,11 @@ path on CPUs with VNNI). ONNX Runtime refuses it: its fused int8 MatMul kernel r
 MatMuls, and its own quantizer's QDQ graph ran slower than its fp32 here (README, "int8").
 Quantization is NNCF's post-training quantization (OpenVINO's tool; its ``performance`` preset:
 symmetric per-channel weights and symmetric activations, fast bias correction; it scored closer to
-fp32 than the ``mixed`` preset, README "int8") on the ONNX graph. What stays in float was decided by
-measurement on the real sets (README, "int8"; :func:`float_nodes`): the map and score tail and the
-encoder's high-resolution stages before its first feature level, found by the module names torch's
-exporter records on each node.
+fp32 than the ``mixed`` preset, README "int8") on the ONNX graph, with activation ranges from
+histograms (:func:`export_settings`; min-max ranges moved the maps ten times more). What stays in
+float was decided by measurement on the real sets (README, "int8"; :func:`float_nodes`): the map
+and score tail and the encoder's high-resolution stages before its first feature level, found by
+the module names torch's exporter records on each node.
 """
 
 from __future__ import annotations
@@ -42,17 +44,23 @@ from proad.export.onnx_export import ExportError
 from proad.model import ProAD
 
 #: The most a quantized graph may move what a line sees, on held-out normal images, relative to the
-#: stored threshold (the map and the score are on one scale: the score is the mean of the map's top
-#: values). Set by measurement on the real sets (README, "int8"; bench/results/int8.json): the forms
-#: that lost more than 0.005 image AUROC moved the worst held-out normal score by 16 % and 38 % of
-#: the threshold and ranked those images at 0.92 and 0.90 Spearman; the shipped form moved it by
-#: 3.7 % at 0.997. The map's 99.9th-percentile error does not separate them (26-30 % for all three):
-#: it sits on pixels far below the threshold, so its bound is loose and catches only a map that is
-#: wrong broadly, as calibrating on one category's images mostly made it (65 %, refused).
+#: threshold each image is decided by on the line (its category's; the map and the score are on one
+#: scale: the score is the mean of the map's top values). Set by measurement on the real sets
+#: (README, "int8"; bench/results/int8.json): the forms that lost more than 0.005 image AUROC moved
+#: the worst held-out normal score by 43-46 % of its threshold; the shipped form moves it by 3.1 %,
+#: and its map by 7.2 % at the 99.9th percentile. The same float parts with min-max activation
+#: ranges (the export's until 2026-12-03) kept the scores (4 %) but moved the map by 73 % (77 % on
+#: the bottles): hot spots at three quarters of the threshold on good parts where fp32 shows none,
+#: the damage anomalib's issue #2298 reports. 25 % lies between: about three times the shipped
+#: form's map error, a third of min-max's.
+#: The scores' rank agreement (Spearman) is reported, not a limit: with every score within 5 % of the
+#: threshold, only images whose fp32 scores lie within 10 % of the threshold of each other can trade
+#: places (near-ties, whose order means nothing); as a limit it refused a graph that moved no score
+#: by more than 0.6 % of the threshold, for swapping near-ties among the six held-out images of a
+#: small line (rank agreement 0.943).
 TOLERANCE = {
     "score_error_rel": 0.05,  # |score int8 - fp32| / threshold, worst held-out image
-    "spearman_min": 0.98,  # rank agreement of the held-out images' scores
-    "map_error_rel_p999": 0.40,  # 99.9th percentile of |map int8 - fp32| / threshold
+    "map_error_rel_p999": 0.25,  # 99.9th percentile of |map int8 - fp32| / threshold
 }
 
 #: Metadata keys where the quantization is recorded (beside ``precision: int8``).
@@ -93,50 +101,77 @@ class QuantReport:
         if self.map_error_rel_p999 > self.tolerance["map_error_rel_p999"]:
             out.append(f"map error (99.9th percentile) {self.map_error_rel_p999:.1%} of the threshold "
                        f"(tolerance {self.tolerance['map_error_rel_p999']:.0%})")
-        if self.spearman < self.tolerance["spearman_min"]:
-            out.append(f"score rank agreement {self.spearman:.3f} (tolerance >= {self.tolerance['spearman_min']})")
         return out
 
 
+@dataclass
+class CalibrationSet:
+    """Model inputs read from the calibration folders, each with the model category it belongs to
+    ('' for a folder of none of the model's categories: judged by the model's one threshold)."""
+
+    images: list[np.ndarray]
+    categories: list[str]
+
+    def split(self) -> tuple[list[np.ndarray], CalibrationSet]:
+        """(calibration inputs, held-out check set): every fourth input is held out for the check."""
+        return ([im for i, im in enumerate(self.images) if i % 4],
+                CalibrationSet(self.images[::4], self.categories[::4]))  # fmt: skip
+
+    def thresholds(self, threshold: float, category_thresholds: Mapping[str, float]) -> list[float]:
+        """The threshold each input is decided by on the line: its category's, else the model's."""
+        return [category_thresholds.get(c, threshold) for c in self.categories]
+
+
+def folder_category(folder: Path, categories: Sequence[str]) -> str:
+    """The model category ``folder`` belongs to: the last of its path's parts that names one, as in
+    ``data/<category>/train/good`` ('' when none does)."""
+    return next((part for part in reversed(folder.resolve().parts) if part in categories), "")
+
+
 def calibration_images(
-    folders: Sequence[str | Path], cfg: ModelConfig, limit: int, category_tiles: Mapping[str, Grid] | None = None
-) -> list[np.ndarray]:
+    folders: Sequence[str | Path],
+    cfg: ModelConfig,
+    limit: int,
+    category_tiles: Mapping[str, Grid] | None = None,
+    categories: Sequence[str] = (),
+) -> CalibrationSet:
     """Up to ``limit`` model inputs (uint8 ``[size, size, 3]`` BGR) from the image files under
     ``folders`` (recursively), preprocessed as the daemon preprocesses a camera's frames: fitted by
     the model's resize mode, and cut into tiles where a folder belongs to a tiled category of the
-    model (``category_tiles``; a folder belongs to a category when one of its path's parts is the
-    category's name, as in ``data/<category>/train/good``). Each folder gives an equal share of
-    ``limit``, spread evenly over its sorted files: one category's many images must not set the
-    ranges the others are quantized with (measured: README, "int8")."""
+    model (``category_tiles``; :func:`folder_category`). ``categories``: the model's categories,
+    recorded with each input so the check judges it by its category's threshold. Each folder gives
+    an equal share of ``limit``, spread evenly over its sorted files: one category's many images
+    must not set the ranges the others are quantized with (measured: README, "int8")."""
     import cv2
 
-    per_folder: list[list[tuple[Path, Grid]]] = []
+    tiles = dict(category_tiles or {})
+    names = list(dict.fromkeys([*categories, *tiles]))
+    per_folder: list[list[tuple[Path, str]]] = []
     for folder in folders:
         root = Path(folder)
         if not root.is_dir():
             raise CalibrationError(f"calibration folder not found: {root}")
-        grid = next((g for name, g in (category_tiles or {}).items() if name in root.resolve().parts), NO_TILING)
-        found = [(p, grid) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        category = folder_category(root, names)
+        found = [(p, category) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
         if found:
             per_folder.append(found)
     if not per_folder:
         raise CalibrationError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {', '.join(map(str, folders))}")
-    picks: list[tuple[Path, Grid]] = []  # as many from each folder (category) as it has, up to an equal share
+    picks: list[tuple[Path, str]] = []  # as many from each folder (category) as it has, up to an equal share
     share = max(1, limit // len(per_folder))
     for found in per_folder:
         picks += [found[i] for i in np.linspace(0, len(found) - 1, min(share, len(found))).round().astype(int)]
-    out: list[np.ndarray] = []
-    for path, grid in dict.fromkeys(picks):
+    images: list[np.ndarray] = []
+    categories_of: list[str] = []
+    for path, category in dict.fromkeys(picks):
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None or img.size == 0:
             raise DatasetError(f"cannot read calibration image {path}")
-        out.extend(split_tiles(fit_image(img, cfg.image_size, cfg.resize, grid=grid), grid))
-    return out[:limit]
-
-
-def split_check(images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(calibration inputs, held-out check inputs): every fourth input is held out for the check."""
-    return [im for i, im in enumerate(images) if i % 4], list(images[::4])
+        grid = tiles.get(category, NO_TILING)
+        cut = split_tiles(fit_image(img, cfg.image_size, cfg.resize, grid=grid), grid)
+        images.extend(cut)
+        categories_of.extend([category] * len(cut))
+    return CalibrationSet(images[:limit], categories_of[:limit])
 
 
 def node_scope(node: onnx.NodeProto) -> str:
@@ -181,6 +216,18 @@ def float_nodes(proto: onnx.ModelProto, first_level_block: int) -> list[str]:
     return sorted(keep)
 
 
+def export_settings() -> dict[str, Any]:
+    """The ``nncf.quantize`` keywords the export quantizes with, beside the ``performance`` preset:
+    activation ranges from a histogram of the calibration activations, clipped where that rounds them
+    best (NNCF's ``RangeEstimatorParametersSet.HISTOGRAM``), instead of their minimum and maximum.
+    On the real sets this moved the held-out maps 10x less at the same accuracy (README, "int8")."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    return {"advanced_parameters": AdvancedQuantizationParameters(
+        activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)}  # fmt: skip
+
+
 def nncf_quantize(
     proto: onnx.ModelProto,
     images: Sequence[np.ndarray],
@@ -189,8 +236,9 @@ def nncf_quantize(
 ) -> onnx.ModelProto:
     """NNCF's post-training quantization of the ONNX graph (QDQ), ``float_nodes`` left in float.
 
-    ``options``: further ``nncf.quantize`` keywords, for measuring other settings (``bench/int8.py
-    --settings``); the export uses NNCF's defaults for the ``performance`` preset."""
+    ``options``: the ``nncf.quantize`` keywords beside the ``performance`` preset; None: the export's
+    (:func:`export_settings`); ``{}``: NNCF's own defaults (min-max ranges). Others are measured by
+    ``bench/int8.py --settings``."""
     try:
         import nncf
     except ImportError as exc:
@@ -200,7 +248,7 @@ def nncf_quantize(
     return nncf.quantize(
         proto, dataset, subset_size=len(images), preset=nncf.QuantizationPreset.PERFORMANCE,
         ignored_scope=nncf.IgnoredScope(names=list(float_nodes), validate=False) if float_nodes else None,
-        **(options or {}),
+        **(export_settings() if options is None else options),
     )  # fmt: skip
 
 
@@ -230,27 +278,32 @@ def compare(
     reference: Callable[[np.ndarray], tuple[np.ndarray, ...]],
     candidate: Callable[[np.ndarray], tuple[np.ndarray, ...]],
     images: Sequence[np.ndarray],
-    threshold: float,
+    thresholds: float | Sequence[float],
     batch: int = 8,
 ) -> dict[str, float]:
-    """How far ``candidate`` moves maps, scores and decisions from ``reference`` on ``images``."""
+    """How far ``candidate`` moves maps, scores and decisions from ``reference`` on ``images``, each
+    error relative to the threshold its image is decided by on the line (``thresholds``: one per
+    image, its category's, or one for all): a bottle decided at 0.08 is hurt by an error twice as
+    much as a tile decided at 0.18."""
     from scipy.stats import spearmanr
 
+    limits = np.broadcast_to(np.asarray(thresholds, np.float64), (len(images),))
     ref_scores, new_scores, map_errors = [], [], []
     for start in range(0, len(images), batch):
         x = np.stack(images[start : start + batch])
         (ref_map, ref_score), (new_map, new_score) = reference(x)[:2], candidate(x)[:2]
-        map_errors.append(np.abs(new_map - ref_map).ravel())
+        per_image = np.abs(new_map - ref_map).reshape(len(x), -1) / limits[start : start + len(x), None]
+        map_errors.append(per_image.ravel())
         ref_scores.append(ref_score)
         new_scores.append(new_score)
     ref, new, err = np.concatenate(ref_scores), np.concatenate(new_scores), np.concatenate(map_errors)
     rho = float(spearmanr(ref, new).statistic) if len(ref) > 2 and np.ptp(ref) > 0 else 1.0
     return {
-        "score_error_rel": float(np.abs(new - ref).max() / threshold),
-        "map_error_rel_max": float(err.max() / threshold),
-        "map_error_rel_p999": float(np.quantile(err, 0.999) / threshold),
+        "score_error_rel": float((np.abs(new - ref) / limits).max()),
+        "map_error_rel_max": float(err.max()),
+        "map_error_rel_p999": float(np.quantile(err, 0.999)),
         "spearman": rho,
-        "decision_flips": int(((new >= threshold) != (ref >= threshold)).sum()),
+        "decision_flips": int(((new >= limits) != (ref >= limits)).sum()),
     }
 
 
@@ -264,14 +317,18 @@ def first_feature_block(model: ProAD) -> int:
 
 
 def enough_calibration(
-    calibration: Sequence[str | Path], cfg: ModelConfig, count: int, category_tiles: dict[str, tuple[int, int]]
-) -> list[np.ndarray]:
+    calibration: Sequence[str | Path],
+    cfg: ModelConfig,
+    count: int,
+    category_tiles: Mapping[str, Grid],
+    categories: Sequence[str] = (),
+) -> CalibrationSet:
     """The model inputs :func:`calibration_images` reads, or :class:`CalibrationError` when they are too
     few for calibration and the check (the CLI calls this first, so a bad folder fails in seconds)."""
-    images = calibration_images(calibration, cfg, count, category_tiles)
-    calib, check = split_check(images)
-    if len(check) < 4 or len(calib) < 8:
-        raise CalibrationError(f"{len(images)} calibration inputs under {', '.join(map(str, calibration))}; "
+    images = calibration_images(calibration, cfg, count, category_tiles, categories)
+    calib, check = images.split()
+    if len(check.images) < 4 or len(calib) < 8:
+        raise CalibrationError(f"{len(images.images)} calibration inputs under {', '.join(map(str, calibration))}; "
                                "int8 needs at least 12 normal images (calibration and the check)")
     return images
 
@@ -283,13 +340,14 @@ def quantize(
     first_level_block: int,
     count: int = 128,
     tolerance: dict[str, float] | None = None,
-    images: list[np.ndarray] | None = None,
+    images: CalibrationSet | None = None,
 ) -> QuantReport:
     """Quantize the fp32 graph at ``fp32_onnx`` on normal images under ``calibration``, compare it with
     fp32 on held-out ones, and write it to ``out`` only if it is within ``tolerance``
     (:data:`TOLERANCE`); otherwise raise :class:`ExportError` and write nothing.
 
-    Of up to ``count`` images, every fourth is held out for the check, the rest calibrate.
+    Of up to ``count`` images, every fourth is held out for the check, the rest calibrate; each held-out
+    image is judged by the threshold of its category (:func:`folder_category`), as the line decides it.
     ``first_level_block``: :func:`first_feature_block` of the model (what stays float, :func:`float_nodes`).
     ``images``: what :func:`enough_calibration` already read from ``calibration`` (else read here)."""
     proto = onnx.load(str(fp32_onnx))
@@ -299,17 +357,18 @@ def quantize(
         raise ExportError("int8 quantizes the plain fp32 graph (export without --plugin, --precision fp32)")
     cfg = ModelConfig.model_validate_json(meta.model_config_json)
     if images is None:
-        images = enough_calibration(calibration, cfg, count, meta.category_tiles)
-    calib, check = split_check(images)
+        images = enough_calibration(calibration, cfg, count, meta.category_tiles, list(meta.category_thresholds))
+    calib, check = images.split()
     keep = float_nodes(proto, first_level_block)
     quantized = nncf_quantize(proto, calib, keep)
-    result = compare(runner(proto), runner(quantized), check, meta.threshold)
-    report = QuantReport(Path(out), "nncf", "openvino", len(calib), len(check), len(keep), **result)
+    limits = check.thresholds(meta.threshold, meta.category_thresholds)
+    result = compare(runner(proto), runner(quantized), check.images, limits)
+    report = QuantReport(Path(out), "nncf", "openvino", len(calib), len(check.images), len(keep), **result)
     if tolerance:
         report.tolerance.update(tolerance)
     failures = report.failures()
     if failures:
-        raise ExportError(f"int8 graph refused on {len(check)} held-out normal images (OpenVINO): "
+        raise ExportError(f"int8 graph refused on {len(check.images)} held-out normal images (OpenVINO): "
                           + "; ".join(failures) + ". Nothing was written; keep the fp32 graph")
     props.update(meta.model_copy(update={"precision": "int8"}).to_props())
     props[QUANT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "path"})

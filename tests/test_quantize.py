@@ -124,11 +124,39 @@ def test_compare_measures_what_moved() -> None:
         state["i"] += len(x)
         return maps[i : i + len(x)] + 0.009, scores[::-1][i : i + len(x)].copy()  # every rank reversed
 
-    result = compare(reference, shifted, images, threshold=0.45, batch=4)
+    result = compare(reference, shifted, images, 0.45, batch=4)
     assert result["map_error_rel_max"] == pytest.approx(0.02, rel=1e-3)
     assert result["spearman"] == pytest.approx(-1.0)
     assert result["score_error_rel"] == pytest.approx(0.7 / 0.45, rel=1e-4)
     assert result["decision_flips"] == 8  # 0.1..0.4 and 0.5..0.8 trade sides of 0.45
+
+
+def test_the_check_judges_each_image_by_its_categorys_threshold() -> None:
+    """A line decides a bottle at the bottle's threshold: the same error counts more where it is lower."""
+    from proad.export.quantize import CalibrationSet
+
+    images = [np.zeros((4, 4, 3), np.uint8) for _ in range(8)]
+    inputs = CalibrationSet(images, ["bottle"] * 4 + ["tile"] * 4)
+    limits = inputs.thresholds(0.5, {"bottle": 0.1})  # tile has none of its own: the model's threshold
+    assert limits == [0.1] * 4 + [0.5] * 4
+    ref_scores = np.array([0.095] * 4 + [0.3] * 4, np.float32)
+
+    def reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # all eight in one batch
+        return np.zeros((len(x), 4, 4), np.float32), ref_scores.copy()
+
+    def moved(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        amap, score = reference(x)
+        return amap + 0.01, score + 0.01
+
+    per_category = compare(reference, moved, images, limits, batch=8)
+    assert per_category["score_error_rel"] == pytest.approx(0.1, rel=1e-3)  # 0.01 of the bottle's 0.1
+    assert per_category["map_error_rel_max"] == pytest.approx(0.1, rel=1e-3)
+    assert per_category["decision_flips"] == 4  # the bottles cross 0.1
+    one_threshold = compare(reference, moved, images, 0.5, batch=8)
+    assert one_threshold["score_error_rel"] == pytest.approx(0.02, rel=1e-3)
+    assert one_threshold["decision_flips"] == 0
+    held_out = inputs.split()[1]
+    assert held_out.categories == ["bottle", "tile"] and len(held_out.images) == 2  # every fourth, with its category
 
 
 def test_int8_cli_argument_errors_exit_2(fp32: tuple[Path, Path], tmp_path: Path) -> None:
@@ -161,7 +189,9 @@ def test_calibration_takes_each_category_equally_and_tiles_as_the_daemon_does(tm
         for i in range(count):
             cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((*size, 3), i, np.uint8))
     folders = [tmp_path / n / "train" / "good" for n in ("many", "few", "wide")]
-    images = calibration_images(folders, cfg, limit=30, category_tiles={"wide": (1, 2)})
+    found = calibration_images(folders, cfg, limit=30, category_tiles={"wide": (1, 2)}, categories=["few"])
+    images = found.images
+    assert found.categories == [""] * 10 + ["few"] * 6 + ["wide"] * 8  # "many" is none of the model's categories
     assert all(im.shape == (64, 64, 3) for im in images)
     values = [int(im[0, 0, 0]) for im in images]
     assert len(values) == 10 + 6 + 2 * 4  # 10 of "many" (its share), all of "few", "wide" cut into 2 tiles each
