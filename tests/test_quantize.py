@@ -126,9 +126,21 @@ def test_compare_measures_what_moved() -> None:
 
     result = compare(reference, shifted, images, 0.45, batch=4)
     assert result["map_error_rel_max"] == pytest.approx(0.02, rel=1e-3)
-    assert result["spearman"] == pytest.approx(-1.0)
+    assert result["rank_agreement"] == 0.0  # every pair apart by more than the margin is reversed
     assert result["score_error_rel"] == pytest.approx(0.7 / 0.45, rel=1e-4)
     assert result["decision_flips"] == 8  # 0.1..0.4 and 0.5..0.8 trade sides of 0.45
+
+
+def test_rank_agreement_counts_the_pairs_a_line_can_tell_apart() -> None:
+    from proad.export.quantize import rank_agreement
+
+    reference = np.array([0.10, 0.11, 0.50, 0.90])  # in thresholds; 0.10 and 0.11 are a near-tie
+    near_ties_swapped = np.array([0.11, 0.10, 0.50, 0.90])
+    assert rank_agreement(reference, near_ties_swapped, margin=0.05) == 1.0
+    assert rank_agreement(reference, near_ties_swapped, margin=0.0) == pytest.approx(5 / 6)  # every pair counts
+    far_swapped = np.array([0.10, 0.11, 0.90, 0.50])  # 0.50 and 0.90 traded places: 1 of the 5 pairs apart
+    assert rank_agreement(reference, far_swapped, margin=0.05) == pytest.approx(4 / 5)
+    assert rank_agreement(np.full(3, 0.2), np.array([0.3, 0.1, 0.2]), margin=0.05) == 1.0  # nothing to order
 
 
 def test_the_check_judges_each_image_by_its_categorys_threshold() -> None:
