@@ -295,7 +295,7 @@ def compare(
     images: Sequence[np.ndarray],
     thresholds: float | Sequence[float],
     batch: int = 8,
-    margin: float = 0.05,
+    margin: float = TOLERANCE["score_error_rel"],
 ) -> dict[str, float]:
     """How far ``candidate`` moves maps, scores and decisions from ``reference`` on ``images``, each
     error relative to the threshold its image is decided by on the line (``thresholds``: one per
