@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -81,6 +82,24 @@ def test_identical_features_give_a_zero_map(model: ProAD) -> None:
         feats = model.features(_batch(1))
         amap = model.anomaly_map(feats, feats)
     assert amap.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("update", [{}, {"map_sigma": 0.0}, {"map_sigma": 2.5}, {"map_pool": 3}, {"image_size": 320}])
+def test_map_is_designs_upsample_mean_and_smoothing(model: ProAD, update: dict[str, float]) -> None:
+    """The map tail runs as matrix products (``upsample_blur_operator``): the same map as DESIGN §2's
+    steps run one by one (``anomaly_map_steps``), to float rounding, for every smoothing (none
+    included) and input size."""
+    m = ProAD(model.cfg.model_copy(update=update), encoder=model.encoder).eval()
+    size = m.cfg.image_size
+    torch.manual_seed(1)
+    with torch.no_grad():
+        feats = m.features(torch.from_numpy(np.stack([cv2.resize(render("board", index=i).image, (size, size))
+                                                      for i in range(2)])))  # fmt: skip
+        recs = [f + f.std() * torch.randn_like(f) for f in feats]
+        got, want = m.anomaly_map(feats, recs), m.anomaly_map_steps(feats, recs)
+    assert got.shape == want.shape == (2, size, size)
+    assert float(want.std()) > 1e-2  # a map with structure, so the comparison can fail
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
 
 
 def test_pooled_map_compares_neighbourhoods(model: ProAD) -> None:
