@@ -225,7 +225,8 @@ def main() -> int:
         f"`{args.checkpoint.name}` ({ckpt.sha256[:12]}); calibration: each category's train/good "
         f"({len(calib)} inputs, {len(check.images)} held out for the export's check, each judged by its "
         f"category's threshold; tolerance: score error {TOLERANCE['score_error_rel']:.0%}, map error (99.9th pct) "
-        f"{TOLERANCE['map_error_rel_p999']:.0%} of the threshold). "
+        f"{TOLERANCE['map_error_rel_p999']:.0%} of the threshold, rank agreement at least "
+        f"{TOLERANCE['rank_agreement_min']:.2f}). "
         f"The export {'refused' if 'refused' in export_verdict else 'wrote'} the default form. "
         f"Bar: at most {BAR['image_auroc']} image AUROC and {BAR['aupro']} AUPRO lost on every category.",
         "",
