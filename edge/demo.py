@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,39 @@ import numpy as np
 from proad.edge.backends import ModelLoadError
 
 
-def demo_config(model: Path, category: str, fps: float, defect_rate: float, seconds: float, spool: Path) -> dict:
+@dataclass(frozen=True)
+class DemoPorts:
+    """The loopback ports the demo's processes meet on: the ones the README names by default;
+    :meth:`free` picks free ones (tests, or a machine where those are taken)."""
+
+    publish: int = 5555
+    status: int = 5556
+    ng_channel: int = 5557
+    mqtt_ng_channel: int = 5558
+    view: int = 8080
+    opcua: int = 4840
+    mqtt: int = 1883
+
+    @classmethod
+    def free(cls) -> DemoPorts:
+        from proad.edge.ports import free_ports
+
+        return cls(*free_ports(7))
+
+    def tcp(self, port: int) -> str:
+        return f"tcp://127.0.0.1:{port}"
+
+    @property
+    def view_url(self) -> str:
+        return f"http://127.0.0.1:{self.view}/"
+
+    @property
+    def opcua_endpoint(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.opcua}/proad/"
+
+
+def demo_config(model: Path, category: str, fps: float, defect_rate: float, seconds: float, spool: Path,
+                ports: DemoPorts = DemoPorts()) -> dict:  # fmt: skip
     return {
         "cameras": [{
             "id": "cam0",
@@ -42,29 +75,25 @@ def demo_config(model: Path, category: str, fps: float, defect_rate: float, seco
                        "seed": 1, "max_frames": int(seconds * fps)},
         }],
         "backend": {"kind": "onnxruntime", "model": str(model), "device": "cpu", "threads": 2},
-        "publish": {"endpoint": "tcp://127.0.0.1:5555", "map_dtype": "float16", "jpeg": "ng"},
-        "ng_channel": {"endpoint": "tcp://127.0.0.1:5557", "spool_dir": str(spool)},
-        "status": {"endpoint": "tcp://127.0.0.1:5556"},
+        "publish": {"endpoint": ports.tcp(ports.publish), "map_dtype": "float16", "jpeg": "ng"},
+        "ng_channel": {"endpoint": ports.tcp(ports.ng_channel), "spool_dir": str(spool)},
+        "status": {"endpoint": ports.tcp(ports.status)},
         "log_level": "INFO",
     }  # fmt: skip
-
-
-VIEW_URL = "http://127.0.0.1:8080/"
-OPCUA_ENDPOINT = "opc.tcp://127.0.0.1:4840/proad/"
-MQTT_PORT = 1883
 
 
 class LineServices:
     """The line demo's neighbours of the daemon: broker, MQTT and OPC UA bridges, the operator's page."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, ports: DemoPorts = DemoPorts()) -> None:
         from proad.edge.bridges.broker import MOSQUITTO, Mosquitto
         from proad.edge.ports import free_port, port_free
 
         self.workdir = workdir
+        self.ports = ports
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: list = []
-        port = MQTT_PORT if port_free(MQTT_PORT) else free_port()  # a broker of the machine's may hold 1883
+        port = ports.mqtt if port_free(ports.mqtt) else free_port()  # a broker of the machine's may hold 1883
         self.broker = Mosquitto(workdir / "broker", port) if MOSQUITTO is not None else None
         if self.broker is None:
             print("mosquitto is not installed (apt-get install mosquitto): the MQTT bridge is left out")
@@ -72,7 +101,7 @@ class LineServices:
     def daemon_config(self, config: dict) -> dict:
         config["publish"]["jpeg"] = "always"  # the operator's page shows every frame
         if self.broker is not None:
-            config["ng_channels"] = [{"name": "mqtt", "endpoint": "tcp://127.0.0.1:5558",
+            config["ng_channels"] = [{"name": "mqtt", "endpoint": self.ports.tcp(self.ports.mqtt_ng_channel),
                                       "spool_dir": str(self.workdir / "spool_mqtt")}]
         return config
 
@@ -86,19 +115,23 @@ class LineServices:
         )  # fmt: skip
 
     def start(self) -> None:
+        ports = self.ports
+        daemon = {"endpoint": ports.tcp(ports.publish), "status_endpoint": ports.tcp(ports.status)}
         if self.broker is not None:
             self.broker.start()
             mqtt = self.workdir / "mqtt.json"
-            mqtt.write_text(json.dumps({"daemon": {"ng_channel": "tcp://127.0.0.1:5558"},
+            mqtt.write_text(json.dumps({"daemon": {**daemon, "ng_channel": ports.tcp(ports.mqtt_ng_channel)},
                                         "broker": {"port": self.broker.port}, "attach": ["map_png"]}, indent=2))
             self._start("bridge_mqtt", "proad.edge.bridges.cli:main", "mqtt", "--config", str(mqtt))
         opcua = self.workdir / "opcua.json"
-        opcua.write_text(json.dumps({"cameras": ["cam0"], "endpoint": OPCUA_ENDPOINT, "users": {"plc": "demo"}},
-                                    indent=2))
+        opcua.write_text(json.dumps({"daemon": daemon, "cameras": ["cam0"], "endpoint": ports.opcua_endpoint,
+                                     "users": {"plc": "demo"}}, indent=2))
         self._start("bridge_opcua", "proad.edge.bridges.cli:main", "opcua", "--config", str(opcua))
-        self._start("view", "proad.edge.view:main", "--port", "8080", "--archive", str(self.workdir / "archive"))
+        self._start("view", "proad.edge.view:main", "--port", str(ports.view), "--archive",
+                    str(self.workdir / "archive"), "--endpoint", ports.tcp(ports.publish),
+                    "--status-endpoint", ports.tcp(ports.status))
         self._wait_ready({"bridge_mqtt": "running", "bridge_opcua": "running", "view": "serving"})
-        print(f"operator's page: {VIEW_URL}  |  OPC UA: {OPCUA_ENDPOINT} (user plc, password demo)"
+        print(f"operator's page: {ports.view_url}  |  OPC UA: {ports.opcua_endpoint} (user plc, password demo)"
               + (f"  |  MQTT: 127.0.0.1:{self.broker.port}, topics proad/cam0/OK|NG" if self.broker else ""))
 
     def _wait_ready(self, says: dict[str, str], timeout_s: float = 60.0) -> None:
@@ -130,18 +163,19 @@ class LineServices:
             self.broker.stop()
 
 
-def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate: float, line: bool = False) -> int:
+def run_demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate: float, line: bool = False,
+             ports: DemoPorts = DemoPorts()) -> int:  # fmt: skip
     """The demo; with ``line``, the view and the bridges beside it, stopped whatever happens."""
-    services = LineServices(workdir) if line else None
+    services = LineServices(workdir, ports) if line else None
     try:
-        return _demo(workdir, seconds, fps, category, defect_rate, services)
+        return _demo(workdir, seconds, fps, category, defect_rate, services, ports)
     finally:
         if services is not None:
             services.stop()
 
 
 def _demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate: float,
-          services: LineServices | None) -> int:
+          services: LineServices | None, ports: DemoPorts) -> int:
     from proad.edge.cli import format_line, save_overlay
     from proad.edge.status import query_status
     from proad.edge.subscriber import Subscriber
@@ -150,7 +184,7 @@ def _demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate:
     if not model.is_file():
         raise ModelLoadError(f"{model} not found: `make demo` trains and exports it first")
     config = workdir / "edge.json"
-    daemon_config = demo_config(model, category, fps, defect_rate, seconds, workdir / "spool")
+    daemon_config = demo_config(model, category, fps, defect_rate, seconds, workdir / "spool", ports)
     if services is not None:
         daemon_config = services.daemon_config(daemon_config)
         services.start()
@@ -160,12 +194,12 @@ def _demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate:
     archive = workdir / "archive"
     archiver = subprocess.Popen(
         [sys.executable, "-c", "from proad.edge.cli import archive_main; raise SystemExit(archive_main())",
-         "--out", str(archive), "--endpoint", "tcp://127.0.0.1:5557", "--no-fsync"],
+         "--out", str(archive), "--endpoint", ports.tcp(ports.ng_channel), "--no-fsync"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     print(f"starting the daemon (log: {log_path}): synthetic '{category}' camera at {fps:g} fps for {seconds:g} s, "
           f"ONNX Runtime on {model}")
-    sub = Subscriber("tcp://127.0.0.1:5555")  # before the daemon binds: ZeroMQ connects when it appears
+    sub = Subscriber(ports.tcp(ports.publish))  # before the daemon binds: ZeroMQ connects when it appears
     with open(log_path, "w") as log:
         daemon = subprocess.Popen(
             [sys.executable, "-c", "from proad.edge.cli import edge_main; raise SystemExit(edge_main())",
@@ -192,7 +226,7 @@ def _demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate:
                     save_overlay(r, overlays)
                 if h.seq % 50 == 0:
                     with contextlib.suppress(TimeoutError):
-                        status = query_status("tcp://127.0.0.1:5556", 500)
+                        status = query_status(ports.tcp(ports.status), 500)
         finally:
             if daemon.poll() is None:
                 daemon.terminate()
