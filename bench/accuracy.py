@@ -224,6 +224,7 @@ def _proad_run(checkpoint: Path, folders: list, train_s: float | None) -> tuple[
     result = evaluate(model, folders, ckpt.threshold, info.get("category_thresholds"), progress=False)
     return {"checkpoint": str(checkpoint), "seed": trained.get("seed"), "train_seconds": train_s,
             "iterations": trained.get("iterations"), "shift_copies": trained.get("shift_copies", 0),
+            "model_config": ckpt.model_config.model_dump(mode="json"),
             "bytes": checkpoint.stat().st_size, "categories": result["categories"],
             "mean": result["mean"]}, model  # fmt: skip
 
@@ -254,6 +255,7 @@ def compare_patchcore(
     coreset_ratio: float,
     shift_copies: int = 0,
     preset: str = DEFAULT_PRESET,
+    model_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pro-AD (one multi-class model per training seed, on every root of ``data`` at once) vs PatchCore
     (one per category) on the same roots.
@@ -264,12 +266,13 @@ def compare_patchcore(
     the coreset choice; nothing is trained).
 
     ``preset``: what Pro-AD is trained with (``iterations`` None: the preset's own); PatchCore gets
-    the same encoder and the same input size and fitting rule.
+    the same encoder and the same input size and fitting rule. ``model_overrides``: ModelConfig fields
+    on top of the preset (a candidate measured the user's way, as ``proad-train --set``).
     """
     train_over: dict[str, Any] = {"shift_copies": shift_copies}
     if iterations is not None:
         train_over["iterations"] = iterations
-    model_cfg, train_cfg = preset_configs(preset, {}, train_over)
+    model_cfg, train_cfg = preset_configs(preset, model_overrides, train_over)
     if checkpoints:
         model_cfg = load_checkpoint(checkpoints[0]).model_config
     folders = open_categories(data, None, model_cfg.image_size, model_cfg.resize)
@@ -280,7 +283,8 @@ def compare_patchcore(
         else:
             for seed in seeds:
                 cfg = train_cfg.model_copy(update={"seed": seed})
-                what = f"preset {preset}, seed {seed}, {cfg.iterations} iterations, {shift_copies} shifted copies"
+                what = (f"preset {preset}, seed {seed}, {cfg.iterations} iterations, {shift_copies} shifted copies"
+                        + (f", model {json.dumps(model_overrides)}" if model_overrides else ""))
                 print(f"training Pro-AD on {', '.join(map(str, data))} ({what})", flush=True)
                 t0 = time.perf_counter()
                 path = Path(tmp) / f"proad_seed{seed}.pt"
@@ -426,6 +430,8 @@ def main() -> int:
                    help="--compare-patchcore: Pro-AD training seeds; numbers are their mean (default: 0 1)")
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="--compare-patchcore: PatchCore coreset share")
     p.add_argument("--shift-copies", type=int, default=0, help="--compare-patchcore: Pro-AD's translated copies")
+    p.add_argument("--model", type=json.loads, default={}, metavar="JSON",
+                   help="--compare-patchcore: ModelConfig fields on top of the preset, e.g. '{\"prototypes\": 128}'")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -438,7 +444,7 @@ def main() -> int:
         try:
             result = compare_patchcore(
                 args.data, args.proad_checkpoint, args.seeds, args.iterations, args.coreset_ratio, args.shift_copies,
-                args.preset,
+                args.preset, args.model,
             )
         except (DatasetError, CheckpointError) as exc:  # a wrong --data or --proad-checkpoint: say which, exit 2
             print(f"error: {exc}", file=sys.stderr)
