@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, real_roots, write_results
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "baselines"))
 from patchcore import PatchCore
 
 from proad.checkpoint import CheckpointError, build_model, load_checkpoint
-from proad.config import ModelConfig, TrainConfig
+from proad.config import ModelConfig, TrainConfig, format_validation_error
 from proad.data.folder import DatasetError
 from proad.data.synth import write_dataset
 from proad.data.tiling import NO_TILING, tiles_of
@@ -402,6 +403,21 @@ def compare_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def model_fields(text: str) -> dict[str, Any]:
+    """``--model``: a JSON object of ModelConfig fields, validated here so a typo fails before any training."""
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from exc
+    if not isinstance(fields, dict):
+        raise argparse.ArgumentTypeError("want a JSON object of ModelConfig fields, e.g. '{\"prototypes\": 128}'")
+    try:
+        ModelConfig.model_validate(fields)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(format_validation_error(exc)) from exc
+    return fields
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -430,9 +446,11 @@ def main() -> int:
                    help="--compare-patchcore: Pro-AD training seeds; numbers are their mean (default: 0 1)")
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="--compare-patchcore: PatchCore coreset share")
     p.add_argument("--shift-copies", type=int, default=0, help="--compare-patchcore: Pro-AD's translated copies")
-    p.add_argument("--model", type=json.loads, default={}, metavar="JSON",
+    p.add_argument("--model", type=model_fields, default={}, metavar="JSON",
                    help="--compare-patchcore: ModelConfig fields on top of the preset, e.g. '{\"prototypes\": 128}'")
     args = p.parse_args()
+    if args.model and args.proad_checkpoint:  # a given model was trained with its own config
+        p.error("--model trains a new Pro-AD: it cannot apply to --proad-checkpoint models")
 
     torch.set_num_threads(args.threads)
     if args.data is None:

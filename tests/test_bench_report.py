@@ -73,3 +73,22 @@ def test_compare_refuses_a_missing_dataset_or_checkpoint(tiny_data: Path, tmp_pa
                                       "--proad-checkpoint", str(tmp_path / "absent.pt")])  # fmt: skip
     assert main() == 2
     assert "absent.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, said", [("{prototypes: 128}", "not JSON"), ("[128]", "JSON object"),
+                                         ('{"prototypes": 0}', "prototypes"), ('{"protoypes": 128}', "protoypes")])
+def test_compare_refuses_bad_model_fields_before_training(given: str, said: str, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--compare-patchcore", "--model", given])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_compare_refuses_model_fields_for_a_given_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--compare-patchcore", "--model", '{"prototypes": 128}',
+                                      "--proad-checkpoint", str(tmp_path / "given.pt")])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert "--proad-checkpoint" in capsys.readouterr().err
