@@ -74,8 +74,9 @@ SETTINGS: dict[str, Callable[[], dict[str, Any]]] = {
     "no-bias-correction": lambda: _advanced(disable_bias_correction=True),
 }
 #: What a ``--settings`` candidate keeps in float: the shipped choice, only the map tail (the whole
-#: encoder int8), or the tail and the encoder's stem (its blocks int8).
-KEPT_FLOAT = ("default", "tail", "tail+stem")
+#: encoder int8), the tail and the encoder's stem (its blocks int8), or the shipped choice less block
+#: 1's 1x1 convolutions or less all of block 1 (those int8: README, "Which of block 1's convolutions").
+KEPT_FLOAT = ("default", "tail", "tail+stem", "default-block1-1x1", "default-block1")
 
 
 def _advanced(ranges: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -142,6 +143,11 @@ def main() -> int:
         tail = [n for n in shipped if "model.encoder." not in scopes[n] and "model.input_norm" not in scopes[n]]
         kept = {"default": shipped, "tail": tail,
                 "tail+stem": [n for n in shipped if n in tail or "blocks." not in scopes[n]]}
+        weights = {w.name: list(w.dims) for w in proto.graph.initializer}
+        block1 = {n.name for n in proto.graph.node if n.op_type == "Conv" and "body.blocks.1." in scopes[n.name]}
+        pointwise = {n.name for n in proto.graph.node if n.name in block1 and weights.get(n.input[1], [])[2:] == [1, 1]}
+        kept["default-block1-1x1"] = [n for n in shipped if n not in pointwise]
+        kept["default-block1"] = [n for n in shipped if n not in block1]
         per_cat = ckpt.train_info.get("category_thresholds") or {}
         inputs = calibration_images(calibration, cfg, 128, ckpt.category_tiles, list(per_cat))  # as quantize()
         calib, check = inputs.split()
