@@ -175,7 +175,7 @@ def run_variant(
         sched.step()
     result: dict[str, Any] = {
         "variant": name,
-        "model_config": cfg.model_dump(mode="json", exclude_defaults=True),
+        "model_config": cfg.model_dump(mode="json"),  # in full: the defaults change (README, Presets)
         "train_config": train or {},
         "photometric": photometric,
         "center": center,

@@ -136,7 +136,7 @@ def train_parser() -> argparse.ArgumentParser:
                    + f" (default {DEFAULT_PRESET}); --model-config, --set and the flags below override it")
     p.add_argument("--model-config", type=Path, help="ModelConfig as JSON or YAML")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override ModelConfig fields")
-    p.add_argument("--iterations", type=int, help="training iterations (default: the preset's, 2000 or 6000)")
+    p.add_argument("--iterations", type=int, help="training iterations (default: the preset's, 5000 or 6000)")
     p.add_argument("--batch-size", type=int, help="images per iteration (default: the preset's, 8)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int, help="seed (batches, dropout, hold-out split)")

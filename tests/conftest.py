@@ -58,8 +58,10 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_cfg() -> ModelConfig:
-    """The real encoder with a narrow decoder, so tests that train stay in seconds."""
-    return ModelConfig(dim=32, heads=2, layers=2, prototypes=16, mlp_ratio=1.0)
+    """The real encoder with a narrow decoder, so tests that train stay in seconds. With the prototype
+    constraint (the ``accurate`` preset's form), so the export, int8 and engine tests carry its
+    attention too; the default form (no constraint) is the board model's below."""
+    return ModelConfig(dim=32, heads=2, layers=2, prototypes=16, mlp_ratio=1.0, constraint="project")
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +93,8 @@ def board_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     Good enough to tell the synthetic camera's defects from normal boards; the edge tests use it.
     Without the default 3x3 feature pooling: pooled, 200 iterations leave the board far behind
     (image AUROC 0.74 against 0.94; at 1,000 both pass 0.98, README "Real images"), and the edge
-    tests are about the daemon, not about the default's accuracy.
+    tests are about the daemon, not about the default's accuracy. Otherwise the default's form
+    (image-adapted prototypes, no constraint), so its graph runs through every edge test.
     """
     from proad.config import TrainConfig
     from proad.export.onnx_export import export_onnx
