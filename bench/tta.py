@@ -8,7 +8,8 @@ symmetries of the square (the identity, horizontal and vertical flips, the 180 d
 two 90 degree rotations and the two transposes), maps each map back to the picture's frame, and
 reports image / pixel AUROC and AUPRO of the averaged maps for a few sets of transforms, plus the
 image AUROC of every transform alone (is the model blind to the transform, or does it see a
-different part?). The score is the model's own (mean of the map's top ``score_top_fraction``)::
+different part?). Maps come from :func:`proad.evaluate.predict`, scores from the model's own rule
+(:meth:`proad.model.ProAD.score`), so only the averaging is new here::
 
     python bench/tta.py --checkpoint real_fast.pt [--data ROOT ...]   # bench/results/tta.{json,md}
 """
@@ -67,6 +68,7 @@ def main() -> int:
     from tqdm import tqdm
 
     from proad.checkpoint import CheckpointError, load_model
+    from proad.evaluate import predict
     from proad.metrics import compute_metrics
     from proad.train import open_categories
 
@@ -77,15 +79,14 @@ def main() -> int:
         print(f"cannot load {args.checkpoint}: {exc}", file=sys.stderr)
         return 1
     cfg = ckpt.model_config
-    model.eval()
-    top = max(1, round(cfg.image_size**2 * cfg.score_top_fraction))
     folders = open_categories(roots, None, cfg.image_size, cfg.resize, ckpt.category_tiles)
     if any(f.grid != (1, 1) for f in folders):
         print("a tiled category: its stitched maps are not square, run this on untiled ones", file=sys.stderr)
         return 2
 
     def score(maps: np.ndarray) -> np.ndarray:
-        return np.sort(maps.reshape(len(maps), -1), axis=1)[:, -top:].mean(1)
+        with torch.no_grad():
+            return model.score(torch.from_numpy(np.ascontiguousarray(maps))).numpy()
 
     results: dict[str, dict] = {}
     for folder in folders:
@@ -94,13 +95,9 @@ def main() -> int:
         masks = np.stack([m for _, m in loaded])
         labels = np.array([item.label for item in folder.test])
         maps: dict[str, np.ndarray] = {}
-        with torch.no_grad():
-            for name, (forward, back) in tqdm(TRANSFORMS.items(), desc=folder.category, unit="transform"):
-                parts = []
-                for i in range(0, len(images), 16):
-                    amap, _ = model(torch.from_numpy(np.ascontiguousarray(forward(images[i : i + 16]))))
-                    parts.append(np.ascontiguousarray(back(amap.numpy())))
-                maps[name] = np.concatenate(parts)
+        for name, (forward, back) in tqdm(TRANSFORMS.items(), desc=folder.category, unit="transform"):
+            transformed, _, _ = predict(model, list(np.ascontiguousarray(forward(images))))
+            maps[name] = np.ascontiguousarray(back(transformed))
         averaged = {}
         for set_name, names in SETS.items():
             m = np.mean([maps[n] for n in names], axis=0)

@@ -92,3 +92,14 @@ def test_compare_refuses_model_fields_for_a_given_checkpoint(tmp_path: Path, mon
         main()
     assert exit_.value.code == 2
     assert "--proad-checkpoint" in capsys.readouterr().err
+
+
+def test_tta_refuses_a_missing_or_corrupt_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from tta import main as tta_main
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    for given in (tmp_path / "absent.pt", corrupt):
+        monkeypatch.setattr(sys, "argv", ["tta.py", "--checkpoint", str(given), "--data", str(tiny_data)])
+        assert tta_main() == 1
+        assert given.name in capsys.readouterr().err
