@@ -24,6 +24,7 @@ from proad.export.quantize import (  # noqa: E402 - after the skips: nncf is opt
     node_scope,
     quantize,
     runner,
+    score_offsets,
 )
 
 
@@ -74,7 +75,12 @@ def test_int8_export_writes_a_checked_qdq_graph_the_openvino_backend_runs(
     out, check = int8
     meta = read_metadata(out)
     assert meta.precision == "int8" and meta.model_id.endswith("-int8")
-    assert meta.threshold == read_metadata(fp32_path).threshold
+    fp32_meta = read_metadata(fp32_path)  # the int8 graph's thresholds: fp32's plus its measured score shift
+    assert meta.threshold == pytest.approx(fp32_meta.threshold + check["score_offset"], abs=1e-6)
+    assert set(check["category_score_offsets"]) == set(fp32_meta.category_thresholds) & {"marble", "board"} != set()
+    for category, threshold in fp32_meta.category_thresholds.items():
+        assert meta.category_thresholds[category] == pytest.approx(
+            threshold + check["category_score_offsets"][category], abs=1e-6)
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert check["calibration_images"] == 18 and check["check_images"] == 6  # 24 train images, every 4th held out
@@ -169,6 +175,41 @@ def test_the_check_judges_each_image_by_its_categorys_threshold() -> None:
     assert one_threshold["decision_flips"] == 0
     held_out = inputs.split()[1]
     assert held_out.categories == ["bottle", "tile"] and len(held_out.images) == 2  # every fourth, with its category
+
+
+def test_a_shift_of_every_score_moves_the_graphs_thresholds_not_its_verdict() -> None:
+    """Rounding raises every normal image's ``1 - cos`` a little: the int8 graph carries thresholds
+    raised by that shift (per category, the median over the calibration inputs), and the check judges
+    what is left, each image's distance to its own graph's threshold, as the line decides."""
+    from proad.export.quantize import CalibrationSet
+
+    rng = np.random.default_rng(0)
+    images = [np.full((4, 4, 3), i, np.uint8) for i in range(16)]
+    inputs = CalibrationSet(images, ["bottle"] * 8 + ["tile"] * 8)
+    base = rng.uniform(0.02, 0.05, 16).astype(np.float32)
+    shift = np.where(np.arange(16) < 8, 0.004, 0.010).astype(np.float32)  # bottle +0.004, tile +0.010
+    wobble = rng.uniform(-0.0005, 0.0005, 16).astype(np.float32)
+
+    def reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = x[:, 0, 0, 0].astype(int)
+        return np.repeat(base[idx, None, None], 4, 1).repeat(4, 2), base[idx]
+
+    def rounded(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        amap, score = reference(x)
+        idx = x[:, 0, 0, 0].astype(int)
+        return amap + shift[idx, None, None], score + shift[idx] + wobble[idx]
+
+    offset, per_category = score_offsets(reference, rounded, inputs)
+    assert per_category["bottle"] == pytest.approx(0.004, abs=5e-4)
+    assert per_category["tile"] == pytest.approx(0.010, abs=5e-4)
+    assert 0.004 < offset < 0.010
+    limits = inputs.thresholds(0.1, {"bottle": 0.05, "tile": 0.1})
+    raw = compare(reference, rounded, images, limits, batch=4)
+    assert raw["score_error_rel"] > 0.09  # a tile moved by 0.010 of its 0.1 is 10 %: refused at 5 %
+    shifts = [per_category[c] for c in inputs.categories]
+    own = compare(reference, rounded, images, limits, batch=4, offsets=shifts)
+    assert own["score_error_rel"] < 0.025  # what is left: the wobble, and the median's distance to each shift
+    assert own["map_error_rel_max"] < 0.015 and own["decision_flips"] == 0
 
 
 def test_int8_cli_argument_errors_exit_2(fp32: tuple[Path, Path], tmp_path: Path) -> None:
