@@ -49,9 +49,10 @@ def machine() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         pass
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # "+changes": tracked files differed from that commit when it ran
         info["git"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+            ["git", "describe", "--always", "--dirty=+changes", "--exclude=*"], cwd=REPO, capture_output=True,
+            text=True, check=False,
         ).stdout.strip()
     return info
 

@@ -60,6 +60,8 @@ from proad.export.quantize import (
     quantize,
     runner,
     score_offsets,
+    shift_share,
+    shifted_thresholds,
 )
 from proad.train import open_categories
 
@@ -175,16 +177,21 @@ def main() -> int:
             runners["OpenVINO int8 (default), bf16 float parts"] = runner(graphs["OpenVINO int8 (default)"],
                                                                           args.threads, "bf16")
         # would the export's check (the same held-out normal images) have refused each form?
-        # each form's own thresholds, as the export sets them: fp32's plus its score shift on the calibration inputs
+        # each graph's own thresholds, as the export sets them: fp32's plus its score shift on the calibration
+        # inputs (measured with f32 float parts); bf16 float parts run the same graph against those thresholds
         offsets = {"OpenVINO fp32": (0.0, {})}
+        same_graph = {"OpenVINO fp32, bf16": "OpenVINO fp32",
+                      "OpenVINO int8 (default), bf16 float parts": "OpenVINO int8 (default)"}
         gate = {}
         for name in list(runners)[1:]:
-            offsets[name] = score_offsets(runners["OpenVINO fp32"], runners[name], calib)
-            shifts = [offsets[name][1].get(c, offsets[name][0]) if c in per_cat else offsets[name][0]
-                      for c in check.categories]
+            offsets[name] = (offsets[same_graph[name]] if name in same_graph
+                             else score_offsets(runners["OpenVINO fp32"], runners[name], calib))
+            shifts = check.shifts(*offsets[name], per_cat)
             found = compare(runners["OpenVINO fp32"], runners[name], check.images, limits, offsets=shifts)
             unshifted = compare(runners["OpenVINO fp32"], runners[name], check.images, limits)
-            probe = QuantReport(Path(name), "nncf", "openvino", len(calib.images), len(check.images), 0, **found)
+            probe = QuantReport(Path(name), "nncf", "openvino", len(calib.images), len(check.images), 0, **found,
+                                score_offset=offsets[name][0], category_score_offsets=offsets[name][1],
+                                score_shift_rel=shift_share(ckpt.threshold, per_cat, *offsets[name]))
             by_category = {}  # the same check on each category's held-out images alone
             for c in dict.fromkeys(check.categories):
                 idx = [i for i, k in enumerate(check.categories) if k == c]
@@ -192,15 +199,15 @@ def main() -> int:
                                          [limits[i] for i in idx], offsets=[shifts[i] for i in idx])
             gate[name] = {**found, "refused": bool(probe.failures()), "why": probe.failures(),
                           "score_offset": offsets[name][0], "category_score_offsets": offsets[name][1],
+                          "score_shift_rel": probe.score_shift_rel,
                           "without_offsets": unshifted, "by_category": by_category}
             print(name, "export check:", "refused" if probe.failures() else "accepted", found,
                   "score shift", offsets[name], "without the shift", unshifted, flush=True)
 
         accuracy: dict[str, Any] = {}
         for name, run in runners.items():
-            offset, category_offsets = offsets[name]
-            result = evaluate(GraphModel(run, cfg), folders, ckpt.threshold + offset,
-                              {c: t + category_offsets.get(c, offset) for c, t in per_cat.items()}, progress=False)
+            own = shifted_thresholds(ckpt.threshold, per_cat, *offsets[name])  # the thresholds its line decides by
+            result = evaluate(GraphModel(run, cfg), folders, *own, progress=False)
             accuracy[name] = result["categories"]
             print(name, {c: round(r["image_auroc"], 4) for c, r in result["categories"].items()}, flush=True)
 
@@ -263,9 +270,10 @@ def main() -> int:
         g = gate.get(name)
         checked = "-" if g is None else (
             f"{'refused' if g['refused'] else 'accepted'} (score {g['score_error_rel']:.1%}, map "
-            f"{g['map_error_rel_p999']:.1%}, rank {g['rank_agreement']:.3f}; thresholds "
-            f"{g['score_offset']:+.4f}; without that shift: score {g['without_offsets']['score_error_rel']:.1%}, map "
-            f"{g['without_offsets']['map_error_rel_p999']:.1%})")  # fmt: skip
+            f"{g['map_error_rel_p999']:.1%}, rank {g['rank_agreement']:.3f}; thresholds moved by "
+            + ", ".join(f"{v:+.4f}" for v in [g['score_offset'], *g['category_score_offsets'].values()])
+            + f" (up to {g['score_shift_rel']:.1%}); without that move: score "
+            f"{g['without_offsets']['score_error_rel']:.1%}, map {g['without_offsets']['map_error_rel_p999']:.1%})")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {ok} | {checked} |")
     lines += ["", f"Speed, whole model, median of {args.rounds} interleaved rounds (img/s, ratio to ONNX Runtime "
               "fp32):", "", "| graph | batch 1 | batch 8 |", "|---|---:|---:|"]

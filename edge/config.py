@@ -72,7 +72,9 @@ class CameraConfig(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="appears in topics: letters, digits, _ . -")
     source: SourceConfig
     category: str | None = Field(None, description="what this camera inspects: use the model's threshold for it")
-    threshold: float | None = Field(None, description="this camera's OK/NG threshold (overrides the model's)")
+    threshold: float | None = Field(
+        None, description="this camera's OK/NG threshold (overrides the model's), in the scores of the model the "
+        "daemon runs: an int8 graph's sit a measured shift above its fp32 graph's (its metadata's quantization)")
     tiles: tuple[Annotated[int, Field(ge=1, le=8)], Annotated[int, Field(ge=1, le=8)]] | None = Field(
         None,
         description="cut each frame into rows x cols model inputs, maps stitched back (proad.data.tiling); "
@@ -180,7 +182,9 @@ class QueueConfig(_Strict):
 class PipelineConfig(_Strict):
     cameras: list[CameraConfig] = Field(min_length=1, max_length=MAX_CAMERAS)
     backend: BackendConfig
-    threshold: float | None = Field(None, description="OK/NG threshold for every camera (overrides the model's)")
+    threshold: float | None = Field(
+        None, description="OK/NG threshold for every camera (overrides the model's), in the scores of the model "
+        "the daemon runs (see cameras[].threshold)")
     publish: PublishConfig = PublishConfig()
     ng_channel: NGChannelConfig | None = Field(None, description="the reliable NG channel (None: off)")
     ng_channels: list[NGChannelConfig] = Field(

@@ -23,14 +23,16 @@ and score tail and the encoder's high-resolution stages before its first feature
 the module names torch's exporter records on each node.
 
 Rounding adds noise to the features, and noise pulls a feature's cosine with its reconstruction
-down on average, i.e. raises ``1 - cos``: the int8 graph's scores of normal images sit a little
-above fp32's, all of them (on the M = 6 default trained on the real sets, every held-out image by
-+0.1 to +5.9 % of its threshold, README "int8"; bf16 float parts moved them the other way, so the
-shift is measured, not assumed). It is a shift of the scale more than a loss of information, and
-the line decides by comparing with a threshold, so the
-int8 graph carries its own thresholds: each category's threshold plus the median of its score shift
-on the calibration inputs (:func:`score_offsets`), and the check compares each held-out image's
-distance to *its graph's* threshold (:func:`compare`'s ``offsets``), what the line sees.
+down on average, i.e. raises ``1 - cos``: on the M = 6 default trained on the real sets every
+held-out normal image's int8 score sat above fp32's, by +0.1 to +5.9 % of its threshold (README,
+"int8"; bf16 float parts moved the fp32 graph's the other way, so the shift is measured, not
+assumed). A line decides by comparing with a threshold, so the int8 graph carries its own
+thresholds: each category's plus the median of its score shift on the calibration inputs
+(:func:`score_offsets`), and the check compares each held-out image's distance to *its graph's*
+threshold (:func:`compare`'s ``offsets``). The shift itself is limited (``score_shift_rel``): it
+is estimated on normal images only, and a graph that moves every score far has become another
+function, whatever the distances left. The thresholds hold for the graph's float parts in f32
+(the OpenVINO backend's default ``precision``), where they were measured.
 """
 
 from __future__ import annotations
@@ -55,10 +57,14 @@ from proad.model import ProAD
 
 #: The most a quantized graph may move what a line sees, on held-out normal images, relative to the
 #: threshold each image is decided by on the line (its category's; the map and the score are on one
-#: scale: the score is the mean of the map's top values). Set by measurement on the real sets
-#: (README, "int8"; bench/results/int8.json): the forms that lost more than 0.005 image AUROC moved
-#: the worst held-out normal score by 43-46 % of its threshold; the shipped form moves it by 3.1 %,
-#: and its map by 7.2 % at the 99.9th percentile. The same float parts with min-max activation
+#: scale: the score is the mean of the map's top values), after its thresholds have moved by its
+#: score shift (module docstring). Set by measurement on the real sets (README, "int8";
+#: bench/results/int8.json, the M = 256 model, before the shift was taken off): the forms that lost
+#: more than 0.005 image AUROC moved the worst held-out normal score by 43-46 % of its threshold;
+#: the shipped form moves it by 3.1 %, and its map by 7.2 % at the 99.9th percentile (on the M = 6
+#: default, bench/results/int8_m6nc.json, with the shift taken off: lost forms 26 %, the export's
+#: 3.1 % and 8.4 %; its shift 2.7-2.9 % of each category's threshold, the lost forms' 8.5-45 %).
+#: The same float parts with min-max activation
 #: ranges (the export's until 2026-12-03) kept the scores (4 %) but moved the map by 73 % (77 % on
 #: the bottles): hot spots at three quarters of the threshold on good parts where fp32 shows none,
 #: the damage anomalib's issue #2298 reports. 25 % lies between: about three times the shipped
@@ -69,11 +75,16 @@ from proad.model import ProAD
 #: (Spearman over all images, the first form of this check) refused a graph that moved no score by
 #: more than 0.6 % of the threshold, for swapping two of a small line's six held-out images whose
 #: scores lay 0.001 apart.
+#: The shift is limited to a tenth of each threshold, about three times the export's form's.
 TOLERANCE = {
-    "score_error_rel": 0.05,  # |score int8 - fp32| / threshold, worst held-out image
-    "map_error_rel_p999": 0.25,  # 99.9th percentile of |map int8 - fp32| / threshold
+    "score_error_rel": 0.05,  # |(score int8 - shift) - fp32| / threshold, worst held-out image
+    "map_error_rel_p999": 0.25,  # 99.9th percentile of |(map int8 - shift) - fp32| / threshold
     "rank_agreement_min": 0.95,  # share of the held-out pairs, further apart than the score tolerance, kept in order
+    "score_shift_rel": 0.10,  # |shift| / threshold, of each category's threshold and of the model's
 }
+
+#: Fewer calibration inputs of a category than this: its thresholds move by the shift of all of them.
+MIN_SHIFT_INPUTS = 4
 
 #: Metadata keys where the quantization is recorded (beside ``precision: int8``).
 QUANT_KEY = "quantization"
@@ -100,6 +111,7 @@ class QuantReport:
     decision_flips: int = 0
     score_offset: float = 0.0
     category_score_offsets: dict[str, float] = field(default_factory=dict)
+    score_shift_rel: float = 0.0
     tolerance: dict[str, float] = field(default_factory=lambda: dict(TOLERANCE))
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +130,9 @@ class QuantReport:
         if self.rank_agreement < self.tolerance["rank_agreement_min"]:
             out.append(f"{1 - self.rank_agreement:.1%} of the held-out images' distinguishable pairs reversed "
                        f"(tolerance {1 - self.tolerance['rank_agreement_min']:.0%})")
+        if self.score_shift_rel > self.tolerance.get("score_shift_rel", float("inf")):
+            out.append(f"every score shifted by up to {self.score_shift_rel:.1%} of its threshold "
+                       f"(tolerance {self.tolerance['score_shift_rel']:.0%})")
         return out
 
 
@@ -138,6 +153,12 @@ class CalibrationSet:
     def thresholds(self, threshold: float, category_thresholds: Mapping[str, float]) -> list[float]:
         """The threshold each input is decided by on the line: its category's, else the model's."""
         return [category_thresholds.get(c, threshold) for c in self.categories]
+
+    def shifts(self, offset: float, category_offsets: Mapping[str, float],
+               category_thresholds: Mapping[str, float]) -> list[float]:
+        """How far the threshold each input is decided by moves (:func:`shifted_thresholds`): its
+        category's shift where it is decided by its category's threshold, else the model's."""
+        return [category_offsets.get(c, offset) if c in category_thresholds else offset for c in self.categories]
 
 
 def folder_category(folder: Path, categories: Sequence[str]) -> str:
@@ -306,13 +327,29 @@ def score_offsets(
 ) -> tuple[float, dict[str, float]]:
     """How far ``candidate`` shifts the scores of normal images above ``reference``'s: the median of
     ``candidate - reference`` over ``inputs``, of all of them (for the model's one threshold) and per
-    category (for each category's). int8 rounding raises ``1 - cos`` on every image (module
-    docstring); the median is what the graph's thresholds move by, so a line's decisions stay where
-    fp32 put them."""
+    category (for each category's, where it has at least :data:`MIN_SHIFT_INPUTS`). The median is
+    what the graph's thresholds move by (:func:`shifted_thresholds`), so that normal images keep
+    their distance to the threshold they are decided by (module docstring)."""
     delta = scores(candidate, inputs.images) - scores(reference, inputs.images)
     cats = np.asarray(inputs.categories)
-    per_category = {c: float(np.median(delta[cats == c])) for c in dict.fromkeys(inputs.categories) if c}
+    per_category = {c: float(np.median(delta[cats == c])) for c in dict.fromkeys(inputs.categories)
+                    if c and (cats == c).sum() >= MIN_SHIFT_INPUTS}  # fmt: skip
     return (float(np.median(delta)) if len(delta) else 0.0), per_category
+
+
+def shifted_thresholds(
+    threshold: float, category_thresholds: Mapping[str, float], offset: float, category_offsets: Mapping[str, float]
+) -> tuple[float, dict[str, float]]:
+    """The quantized graph's own thresholds: the model's plus the shift of all calibration inputs, each
+    category's plus its own shift (the shift of all where it had too few inputs or none)."""
+    return threshold + offset, {c: t + category_offsets.get(c, offset) for c, t in category_thresholds.items()}
+
+
+def shift_share(threshold: float, category_thresholds: Mapping[str, float], offset: float,
+                category_offsets: Mapping[str, float]) -> float:
+    """The largest move of a threshold by :func:`shifted_thresholds`, relative to that threshold."""
+    moves = [(offset, threshold), *((category_offsets.get(c, offset), t) for c, t in category_thresholds.items())]
+    return max((abs(move) / limit for move, limit in moves if limit > 0), default=0.0)
 
 
 def rank_agreement(reference: np.ndarray, candidate: np.ndarray, margin: float) -> float:
@@ -421,19 +458,21 @@ def quantize(
     reference, candidate = runner(proto), runner(quantized)
     offset, category_offsets = score_offsets(reference, candidate, calib)
     limits = check.thresholds(meta.threshold, meta.category_thresholds)
-    shifts = [category_offsets.get(c, offset) if c in meta.category_thresholds else offset for c in check.categories]
+    shifts = check.shifts(offset, category_offsets, meta.category_thresholds)
     tolerance = {**TOLERANCE, **(tolerance or {})}
     result = compare(reference, candidate, check.images, limits, margin=tolerance["score_error_rel"], offsets=shifts)
     report = QuantReport(Path(out), "nncf", "openvino", len(calib.images), len(check.images), len(keep), **result,
-                         score_offset=offset, category_score_offsets=category_offsets, tolerance=tolerance)  # fmt: skip
+                         score_offset=offset, category_score_offsets=category_offsets, tolerance=tolerance,
+                         score_shift_rel=shift_share(meta.threshold, meta.category_thresholds, offset,
+                                                     category_offsets))  # fmt: skip
     failures = report.failures()
     if failures:
         raise ExportError(f"int8 graph refused on {len(check.images)} held-out normal images (OpenVINO): "
                           + "; ".join(failures) + ". Nothing was written; keep the fp32 graph")
-    props.update(meta.model_copy(update={  # the graph's own thresholds: fp32's plus its score shift
-        "precision": "int8", "threshold": meta.threshold + offset,
-        "category_thresholds": {c: t + category_offsets.get(c, offset) for c, t in meta.category_thresholds.items()},
-    }).to_props())  # fmt: skip
+    threshold, category_thresholds = shifted_thresholds(meta.threshold, meta.category_thresholds, offset,
+                                                        category_offsets)  # the graph's own: fp32's plus its shift
+    props.update(meta.model_copy(update={"precision": "int8", "threshold": threshold,
+                                         "category_thresholds": category_thresholds}).to_props())  # fmt: skip
     props[QUANT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "path"})
     del quantized.metadata_props[:]
     onnx.helper.set_model_props(quantized, props)
@@ -449,8 +488,14 @@ def quantize(
 def describe_quant(report: QuantReport) -> str:
     """One line for the CLI."""
     return (f"wrote {report.path} (int8, {report.quantizer}, {report.float_nodes} nodes kept in float); calibrated on "
-            f"{report.calibration_images} inputs (thresholds raised by its score shift, {report.score_offset:+.4f}), "
+            f"{report.calibration_images} inputs (thresholds moved by its score shift: {shifts_text(report)}), "
             f"checked on {report.check_images} held-out ones in {report.runtime}: score error "
             f"{report.score_error_rel:.2%} of the threshold, map error {report.map_error_rel_p999:.2%} "
             f"(99.9th pct; max {report.map_error_rel_max:.1%}), rank agreement {report.rank_agreement:.3f}, "
             f"{report.decision_flips} decisions changed")
+
+
+def shifts_text(report: QuantReport) -> str:
+    """``all +0.0022, bottle +0.0015, tile +0.0037``: how far the graph's thresholds moved."""
+    return ", ".join([f"all {report.score_offset:+.4f}",
+                      *(f"{c} {v:+.4f}" for c, v in sorted(report.category_score_offsets.items()))])
