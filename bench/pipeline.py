@@ -91,7 +91,8 @@ def make_int8(ckpt: Path, onnx_path: Path, frames: np.ndarray, tmp: Path) -> Pat
         cv2.imwrite(str(calib / f"{i:03d}.png"), frame)
     out = tmp / "model-int8.onnx"
     model, _ = load_model(ckpt)
-    open_tolerance = {"score_error_rel": math.inf, "map_error_rel_p999": math.inf, "rank_agreement_min": 0.0}
+    open_tolerance = {"score_error_rel": math.inf, "map_error_rel_p999": math.inf, "rank_agreement_min": 0.0,
+                      "score_shift_rel": math.inf}
     quantize(onnx_path, out, [calib], first_feature_block(model), tolerance=open_tolerance)
     return out
 
