@@ -20,9 +20,12 @@ For each backend (ONNX Runtime, OpenVINO, torch) on this machine, at 256x256 wit
    daemon's share of backend-alone throughput, and how evenly the cameras are served: the spread
    of their frame rates, (max - min) / mean).
 
-The machine's speed drifts by tens of percent within minutes, so the backend alone is measured
-right before and right after each backend's daemon runs, and the ratios use their mean (both are
-kept). ``openvino-int8`` is the OpenVINO backend on the int8 graph ``proad-export onnx --precision
+The machine's speed drifts by tens of percent within minutes (one run of 2026-12-04 measured ONNX
+Runtime alone at 50 and 87 img/s two minutes apart), so each overloaded daemon run lies between two
+runs of the backend alone and is compared with their mean; with ``--rounds N`` each overloaded case
+(one camera, several cameras) runs N times that way, :func:`interleaved`, and the median round is
+the result (every round's ratio is kept).
+``openvino-int8`` is the OpenVINO backend on the int8 graph ``proad-export onnx --precision
 int8`` writes (calibrated here on the synthetic camera's frames; its accuracy is judged on real
 images by ``bench/int8.py``, not here); ``openvino-int8-bf16`` the same graph with its float parts
 in bf16 (``openvino.precision: bf16``, where the CPU has bf16 units).
@@ -34,7 +37,7 @@ the camera's defect rate would make them, since every NG also costs a JPEG.
 Writes ``bench/results/pipeline.json`` and ``pipeline.md`` (``--name`` another stem).
 
     python bench/pipeline.py [--seconds 10] [--threads 2] [--backends onnxruntime openvino openvino-int8 torch]
-                             [--cameras 4 8] [--name pipeline]
+                             [--cameras 4 8] [--rounds 1] [--name pipeline]
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,47 +194,79 @@ def _daemon_run(
     }
 
 
+def interleaved(
+    daemon: Callable[[float], dict[str, Any]], alone: Callable[[], float], rounds: int, first: float
+) -> dict[str, Any]:
+    """``rounds`` overloaded daemon runs, each followed by a run of the backend alone, so each lies
+    between two of them (``first`` is the one before the first run); ``daemon(rate)`` offers twice
+    the last rate measured alone. The machine drifts, so each run is compared with the mean of its
+    two neighbours, and the median round is the result (the upper middle one for an even number;
+    every round is kept)."""
+    alones, runs = [first], []
+    for _ in range(rounds):
+        runs.append(daemon(alones[-1]))
+        alones.append(alone())
+    ratios = [run["fps"] / ((alones[i] + alones[i + 1]) / 2) for i, run in enumerate(runs)]
+    middle = sorted(range(rounds), key=ratios.__getitem__)[rounds // 2]
+    return {"run": runs[middle], "alone": (alones[middle] + alones[middle + 1]) / 2,
+            "before_after": alones[middle: middle + 2], "ratio": ratios[middle], "ratios": ratios,
+            "alone_rounds": alones, "fps_rounds": [run["fps"] for run in runs]}  # fmt: skip
+
+
+def _rounds_text(ratios: list[float]) -> str:
+    return f"; rounds {', '.join(f'{r:.0%}' for r in ratios)}" if len(ratios) > 1 else ""
+
+
 def measure_backend(
     label: str, kind: str, model: Path, args: argparse.Namespace, frames: np.ndarray, tmp: Path,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every daemon case of one backend, each group bracketed by the backend alone before and after.
+    """Every daemon case of one backend, the overloaded ones between runs of the backend alone
+    (:func:`interleaved`).
 
     ``options``: further backend config fields (e.g. ``{"openvino": {"precision": "bf16"}}``)."""
-    backend_alone = functools.partial(_backend_alone, options=options)
-    daemon_run = functools.partial(_daemon_run, options=options)
-    before, thr = backend_alone(kind, model, args.threads, args.seconds / 2, frames)
-    flat = daemon_run(kind, model, args.threads, args.seconds, round(2 * before), tmp, thr)
-    stall = daemon_run(kind, model, args.threads, args.seconds, round(2 * before), tmp, thr, stalled=True)
-    paced = daemon_run(kind, model, args.threads, args.seconds, 60.0, tmp, thr)
-    tiled = daemon_run(kind, model, args.threads, args.seconds, round(before / 2), tmp, thr, tiles=(2, 2))
-    after, _ = backend_alone(kind, model, args.threads, args.seconds / 2, frames)
-    alone = (before + after) / 2
+    backend_alone = functools.partial(_backend_alone, kind, model, args.threads, args.seconds / 2, frames,
+                                      options=options)  # fmt: skip
+    daemon_run = functools.partial(_daemon_run, kind, model, args.threads, args.seconds, options=options)
+    before, thr = backend_alone()
+    one = interleaved(lambda rate: daemon_run(round(2 * rate), tmp, thr), lambda: backend_alone()[0], args.rounds,
+                      before)  # fmt: skip
+    flat, alone = one["run"], one["alone"]
+    stall = daemon_run(round(2 * alone), tmp, thr, stalled=True)
+    paced = daemon_run(60.0, tmp, thr)
+    tiled = daemon_run(round(alone / 2), tmp, thr, tiles=(2, 2))
+    after, _ = backend_alone()
+    tiled_alone = (one["alone_rounds"][-1] + after) / 2
     row: dict[str, Any] = {
-        "backend_alone_fps": alone, "backend_alone_before_after": [before, after], "daemon_fps": flat["fps"],
-        "ratio": flat["fps"] / alone, "daemon_fps_stalled_subscriber": stall["fps"],
+        "backend_alone_fps": alone, "backend_alone_before_after": one["before_after"], "daemon_fps": flat["fps"],
+        "ratio": one["ratio"], "ratios": one["ratios"], "backend_alone_rounds": one["alone_rounds"],
+        "daemon_fps_rounds": one["fps_rounds"], "daemon_fps_stalled_subscriber": stall["fps"],
         "stalled_ratio": stall["fps"] / flat["fps"], "flat_out": flat, "stalled_subscriber": stall,
-        "at_60fps": paced, "tiled_2x2": tiled, "tiled_ratio": 4 * tiled["fps"] / alone, "multi_camera": [],
+        "at_60fps": paced, "tiled_2x2": tiled, "tiled_backend_alone_fps": tiled_alone,
+        "tiled_ratio": 4 * tiled["fps"] / tiled_alone, "multi_camera": [],
     }  # fmt: skip
-    print(f"{label}: backend alone {alone:.1f} img/s ({before:.1f} before, {after:.1f} after), daemon "
-          f"{flat['fps']:.1f} FPS ({row['ratio']:.0%}), with a stalled subscriber {stall['fps']:.1f} FPS "
+    print(f"{label}: backend alone {alone:.1f} img/s, daemon {flat['fps']:.1f} FPS ({row['ratio']:.0%}"
+          f"{_rounds_text(one['ratios'])}), with a stalled subscriber {stall['fps']:.1f} FPS "
           f"({row['stalled_ratio']:.0%}); at 60 fps: {paced['fps']:.1f} FPS, p50/p99 capture->publish "
           f"{paced['latency_publish_ms']['p50']:.1f}/{paced['latency_publish_ms']['p99']:.1f} ms; "
           f"2x2 tiles: {tiled['fps']:.1f} FPS ({row['tiled_ratio']:.0%} of alone / 4)", flush=True)
     for n in args.cameras:
-        b_before, _ = backend_alone(kind, model, args.threads, args.seconds / 2, frames, batch=n)
-        below = daemon_run(kind, model, args.threads, args.seconds, b_before / 2 / n, tmp, thr, cameras=n)
-        over = daemon_run(kind, model, args.threads, args.seconds, 2 * b_before / n, tmp, thr, cameras=n)
-        b_after, _ = backend_alone(kind, model, args.threads, args.seconds / 2, frames, batch=n)
-        b_alone = (b_before + b_after) / 2
-        multi = {"cameras": n, "backend_alone_fps": b_alone, "backend_alone_before_after": [b_before, b_after],
-                 "below": below, "overloaded": over, "overloaded_ratio": over["fps"] / b_alone}  # fmt: skip
+        b_first, _ = backend_alone(batch=n)
+        below = daemon_run(b_first / 2 / n, tmp, thr, cameras=n)
+        many = interleaved(lambda rate, n=n: daemon_run(2 * rate / n, tmp, thr, cameras=n),
+                           lambda n=n: backend_alone(batch=n)[0], args.rounds, b_first)  # fmt: skip
+        over = many["run"]
+        multi = {"cameras": n, "backend_alone_fps": many["alone"], "backend_alone_before_after": many["before_after"],
+                 "backend_alone_rounds": many["alone_rounds"], "below": below, "overloaded": over,
+                 "overloaded_ratio": many["ratio"], "overloaded_ratios": many["ratios"],
+                 "overloaded_rounds": many["fps_rounds"]}  # fmt: skip
         row["multi_camera"].append(multi)
-        print(f"{label}, {n} cameras: backend alone at batch {n} {b_alone:.1f} img/s; at half of it every camera "
-              f"{min(below['per_camera_fps'].values()):.1f}-{max(below['per_camera_fps'].values()):.1f} FPS, "
+        print(f"{label}, {n} cameras: backend alone at batch {n} {many['alone']:.1f} img/s; at half of it every "
+              f"camera {min(below['per_camera_fps'].values()):.1f}-{max(below['per_camera_fps'].values()):.1f} FPS, "
               f"dropped at most {max(below['dropped_share'].values()):.2%}, p99 capture->publish "
               f"{below['latency_publish_ms']['p99']:.1f} ms; overloaded {over['fps']:.1f} FPS "
-              f"({multi['overloaded_ratio']:.0%} of alone), camera spread {over['camera_spread']:.1%}", flush=True)
+              f"({many['ratio']:.0%} of alone{_rounds_text(many['ratios'])}), camera spread "
+              f"{over['camera_spread']:.1%}", flush=True)
     return row
 
 
@@ -242,7 +278,12 @@ def main() -> int:
                    choices=["onnxruntime", "openvino", "openvino-int8", "openvino-int8-bf16", "torch"])
     p.add_argument("--name", default="pipeline", help="results file stem under bench/results")
     p.add_argument("--cameras", nargs="*", type=int, default=[4, 8], help="several-camera cases (none: skip)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="each overloaded case (one camera, several): this many daemon runs, each between two runs "
+                        "of the backend alone; the table shows the median round's ratio (default: 1)")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
 
     cam = SyntheticCamera(SyntheticSource(category="board", pool=32, defect_rate=0.2, fps=1000))
     cam.open()
@@ -269,7 +310,8 @@ def main() -> int:
         "",
         f"{data['machine']['cpu']} ({data['machine']['cores']} cores), {args.threads} inference threads, default "
         f"model, 256x256, synthetic board camera(s), loopback ZeroMQ, {data['machine']['date']}. Backend alone: the "
-        "mean of its rate right before and right after that backend's daemon runs.",
+        "mean of its rate right before and right after the daemon's overloaded run"
+        + (f"; {args.rounds} such runs, the median shown, every round's ratio after it." if args.rounds > 1 else "."),
         "",
         "| backend | backend alone img/s | daemon overloaded FPS | daemon / alone | daemon vs ONNX Runtime's | "
         "... with a subscriber that never reads: FPS (vs without) | at 60 fps: FPS | capture->publish p50 / p99 ms | "
@@ -279,7 +321,8 @@ def main() -> int:
     for r in rows:
         a = r["at_60fps"]
         lines.append(
-            f"| {r['backend']} | {r['backend_alone_fps']:.1f} | {r['daemon_fps']:.1f} | {r['ratio']:.0%} | "
+            f"| {r['backend']} | {r['backend_alone_fps']:.1f} | {r['daemon_fps']:.1f} | "
+            f"{r['ratio']:.0%}{_rounds_text(r.get('ratios', []))} | "
             + (f"{r['daemon_fps'] / today['daemon_fps']:.2f}x | " if today else "- | ")
             + f"{r['daemon_fps_stalled_subscriber']:.1f} ({r['stalled_ratio']:.0%}) | {a['fps']:.1f} | "
             f"{a['latency_publish_ms']['p50']:.1f} / {a['latency_publish_ms']['p99']:.1f} | "
@@ -292,7 +335,9 @@ def main() -> int:
         lines += [
             "", "**Several cameras**, batched across cameras (max_batch = cameras), beside the backend alone at that "
             "batch. Below capacity: the cameras together offer half the backend-alone rate. Overloaded: twice it; "
-            "spread = (fastest - slowest camera) / mean.", "",
+            "spread = (fastest - slowest camera) / mean. With several rounds (`--rounds`), each overloaded run lies "
+            "between two runs of the backend alone and is compared with their mean; the table shows the median "
+            "round, every round's ratio in brackets.", "",
             "| backend | cameras | alone at that batch img/s | below: FPS per camera | below: most dropped | "
             "below: p99 capture->publish ms | overloaded: FPS (vs alone) | overloaded: camera spread |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -304,7 +349,8 @@ def main() -> int:
                     f"| {r['backend']} | {m['cameras']} | {m['backend_alone_fps']:.1f} | "
                     f"{min(b['per_camera_fps'].values()):.1f}-{max(b['per_camera_fps'].values()):.1f} | "
                     f"{max(b['dropped_share'].values()):.2%} | {b['latency_publish_ms']['p99']:.1f} | "
-                    f"{o['fps']:.1f} ({m['overloaded_ratio']:.0%}) | {o['camera_spread']:.1%} |"
+                    f"{o['fps']:.1f} ({m['overloaded_ratio']:.0%}{_rounds_text(m.get('overloaded_ratios', []))}) | "
+                    f"{o['camera_spread']:.1%} |"
                 )
     write_results(args.name, data, "\n".join(lines))
     return 0
