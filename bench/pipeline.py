@@ -24,7 +24,11 @@ The machine's speed drifts by tens of percent within minutes (one run of 2026-12
 Runtime alone at 50 and 87 img/s two minutes apart), so each overloaded daemon run lies between two
 runs of the backend alone and is compared with their mean; with ``--rounds N`` each overloaded case
 (one camera, several cameras) runs N times that way, :func:`interleaved`, and the median round is
-the result (every round's ratio is kept).
+the result (the upper middle one for an even N; every round's ratio is kept). The several-camera
+case's first round also has the below-capacity run inside its bracket. The stalled-subscriber, 60
+fps and 2x2-tile runs follow the single-camera rounds, between the last of them and one more run of
+the backend alone: the tiles are compared with that bracket's mean, and the stalled subscriber's
+share of it with the overloaded daemon's share of its own (``stalled_ratio``).
 ``openvino-int8`` is the OpenVINO backend on the int8 graph ``proad-export onnx --precision
 int8`` writes (calibrated here on the synthetic camera's frames; its accuracy is judged on real
 images by ``bench/int8.py``, not here); ``openvino-int8-bf16`` the same graph with its float parts
@@ -236,14 +240,14 @@ def measure_backend(
     paced = daemon_run(60.0, tmp, thr)
     tiled = daemon_run(round(alone / 2), tmp, thr, tiles=(2, 2))
     after, _ = backend_alone()
-    tiled_alone = (one["alone_rounds"][-1] + after) / 2
+    later_alone = (one["alone_rounds"][-1] + after) / 2  # around the stalled, 60 fps and tiled runs
     row: dict[str, Any] = {
         "backend_alone_fps": alone, "backend_alone_before_after": one["before_after"], "daemon_fps": flat["fps"],
         "ratio": one["ratio"], "ratios": one["ratios"], "backend_alone_rounds": one["alone_rounds"],
         "daemon_fps_rounds": one["fps_rounds"], "daemon_fps_stalled_subscriber": stall["fps"],
-        "stalled_ratio": stall["fps"] / flat["fps"], "flat_out": flat, "stalled_subscriber": stall,
-        "at_60fps": paced, "tiled_2x2": tiled, "tiled_backend_alone_fps": tiled_alone,
-        "tiled_ratio": 4 * tiled["fps"] / tiled_alone, "multi_camera": [],
+        "stalled_ratio": stall["fps"] / later_alone / one["ratio"], "flat_out": flat, "stalled_subscriber": stall,
+        "at_60fps": paced, "tiled_2x2": tiled, "later_backend_alone_fps": later_alone,
+        "tiled_ratio": 4 * tiled["fps"] / later_alone, "multi_camera": [],
     }  # fmt: skip
     print(f"{label}: backend alone {alone:.1f} img/s, daemon {flat['fps']:.1f} FPS ({row['ratio']:.0%}"
           f"{_rounds_text(one['ratios'])}), with a stalled subscriber {stall['fps']:.1f} FPS "
@@ -270,48 +274,20 @@ def measure_backend(
     return row
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "openvino-int8", "torch"],
-                   choices=["onnxruntime", "openvino", "openvino-int8", "openvino-int8-bf16", "torch"])
-    p.add_argument("--name", default="pipeline", help="results file stem under bench/results")
-    p.add_argument("--cameras", nargs="*", type=int, default=[4, 8], help="several-camera cases (none: skip)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="each overloaded case (one camera, several): this many daemon runs, each between two runs "
-                        "of the backend alone; the table shows the median round's ratio (default: 1)")
-    args = p.parse_args()
-    if args.rounds < 1:
-        p.error("--rounds must be at least 1")
-
-    cam = SyntheticCamera(SyntheticSource(category="board", pool=32, defect_rate=0.2, fps=1000))
-    cam.open()
-    frames = np.stack([img for img, _ in cam.pool])
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        ckpt, onnx_path = make_model(tmp)
-        int8: Path | None = None
-        for name in args.backends:
-            if name == "torch":
-                kind, model = "torch", ckpt
-            elif name.startswith("openvino-int8"):  # one int8 graph for both of its backends
-                int8 = int8 or make_int8(ckpt, onnx_path, frames, tmp)
-                kind, model = "openvino", int8
-            else:
-                kind, model = name, onnx_path
-            options = {"openvino": {"precision": "bf16"}} if name.endswith("-bf16") else None
-            rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp, options)})
-    data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rows": rows}
+def table(data: dict[str, Any]) -> str:
+    """The Markdown of a run's results (``data`` as written to the JSON)."""
+    rows, rounds = data["rows"], data.get("rounds", 1)
     today = next((r for r in rows if r["backend"] == "onnxruntime"), None)
     lines = [
         "# Daemon end to end vs backend alone",
         "",
-        f"{data['machine']['cpu']} ({data['machine']['cores']} cores), {args.threads} inference threads, default "
+        f"{data['machine']['cpu']} ({data['machine']['cores']} cores), {data['threads']} inference threads, default "
         f"model, 256x256, synthetic board camera(s), loopback ZeroMQ, {data['machine']['date']}. Backend alone: the "
         "mean of its rate right before and right after the daemon's overloaded run"
-        + (f"; {args.rounds} such runs, the median shown, every round's ratio after it." if args.rounds > 1 else "."),
+        + (f"; {rounds} such runs, the median shown, every round's ratio after it." if rounds > 1 else ".")
+        + " The never-reading subscriber, 60 fps and tiled runs follow, between the last overloaded run's backend "
+        "alone and one more: tiles are compared with their mean, and the never-reading subscriber's share of it with "
+        "the overloaded daemon's share of its own.",
         "",
         "| backend | backend alone img/s | daemon overloaded FPS | daemon / alone | daemon vs ONNX Runtime's | "
         "... with a subscriber that never reads: FPS (vs without) | at 60 fps: FPS | capture->publish p50 / p99 ms | "
@@ -335,9 +311,10 @@ def main() -> int:
         lines += [
             "", "**Several cameras**, batched across cameras (max_batch = cameras), beside the backend alone at that "
             "batch. Below capacity: the cameras together offer half the backend-alone rate. Overloaded: twice it; "
-            "spread = (fastest - slowest camera) / mean. With several rounds (`--rounds`), each overloaded run lies "
-            "between two runs of the backend alone and is compared with their mean; the table shows the median "
-            "round, every round's ratio in brackets.", "",
+            "spread = (fastest - slowest camera) / mean (of the median round). Each overloaded run lies between "
+            "two runs of the backend alone and is compared with their mean"
+            + ("; the table shows the median round, every round's ratio after it." if rounds > 1 else "."),
+            "",
             "| backend | cameras | alone at that batch img/s | below: FPS per camera | below: most dropped | "
             "below: p99 capture->publish ms | overloaded: FPS (vs alone) | overloaded: camera spread |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -352,7 +329,45 @@ def main() -> int:
                     f"{o['fps']:.1f} ({m['overloaded_ratio']:.0%}{_rounds_text(m.get('overloaded_ratios', []))}) | "
                     f"{o['camera_spread']:.1%} |"
                 )
-    write_results(args.name, data, "\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "openvino-int8", "torch"],
+                   choices=["onnxruntime", "openvino", "openvino-int8", "openvino-int8-bf16", "torch"])
+    p.add_argument("--name", default="pipeline", help="results file stem under bench/results")
+    p.add_argument("--cameras", nargs="*", type=int, default=[4, 8], help="several-camera cases (none: skip)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="each overloaded case (one camera, several): this many daemon runs, each between two runs "
+                        "of the backend alone; the table shows the median round (for an even N the upper middle one; "
+                        "default: 1)")
+    args = p.parse_args()
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+
+    cam = SyntheticCamera(SyntheticSource(category="board", pool=32, defect_rate=0.2, fps=1000))
+    cam.open()
+    frames = np.stack([img for img, _ in cam.pool])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        ckpt, onnx_path = make_model(tmp)
+        int8: Path | None = None
+        for name in args.backends:
+            if name == "torch":
+                kind, model = "torch", ckpt
+            elif name.startswith("openvino-int8"):  # one int8 graph for both of its backends
+                int8 = int8 or make_int8(ckpt, onnx_path, frames, tmp)
+                kind, model = "openvino", int8
+            else:
+                kind, model = name, onnx_path
+            options = {"openvino": {"precision": "bf16"}} if name.endswith("-bf16") else None
+            rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp, options)})
+    data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
+    write_results(args.name, data, table(data))
     return 0
 
 
