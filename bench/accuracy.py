@@ -54,6 +54,7 @@ from patchcore import PatchCore
 from proad.checkpoint import CheckpointError, build_model, load_checkpoint
 from proad.config import ModelConfig, TrainConfig, format_validation_error
 from proad.data.folder import DatasetError
+from proad.data.geometry import size_text
 from proad.data.synth import write_dataset
 from proad.data.tiling import NO_TILING, tiles_of
 from proad.evaluate import evaluate, evaluate_category
@@ -371,7 +372,7 @@ def compare_table(data: dict[str, Any]) -> str:
         "",
         f"{m['cpu']} ({m['cores']} cores), {m['date']}; data {_roots(data['data'])} ({_test_split(pro)}). "
         f"Pro-AD preset `{pro.get('preset', 'fast')}`. Same frozen encoder (tf_efficientnet_lite0, levels 2+3), "
-        f"same {pro.get('image_size', 256)}x{pro.get('image_size', 256)} input, same evaluation code. "
+        f"same {size_text(pro.get('image_size', 256))} input, same evaluation code. "
         f"**Pro-AD: one model for all {len(pro['categories'])} categories; PatchCore: one per category** "
         f"(its memory bank holds one kind of normal), coreset {pc['coreset_ratio']:.0%}, fitted on all train/good "
         f"images (Pro-AD held 10 % out to calibrate its threshold). {_seeds(pro)}.",

@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model_cfg, train_cfg = preset_configs(args.preset)
     model = ProAD(model_cfg)
-    size = model_cfg.image_size
+    height, width = model_cfg.input_hw
     with torch.no_grad():
-        shapes = [f.shape[1:] for f in model.features(torch.zeros((1, size, size, 3), dtype=torch.uint8))]
+        shapes = [f.shape[1:] for f in model.features(torch.zeros((1, height, width, 3), dtype=torch.uint8))]
     feats = [torch.randn(train_cfg.batch_size, *s) for s in shapes]
     max_grad_diff = same_gradients(model, feats)
 

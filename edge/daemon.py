@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import zmq
 
+from proad.data.folder import fitted_hw
+from proad.data.geometry import size_text
 from proad.data.tiling import NO_TILING, Grid, infer_tiled
 from proad.edge.backends import Backend, ModelLoadError, load_backend
 from proad.edge.config import CameraConfig, PipelineConfig
@@ -84,8 +86,7 @@ class Daemon:
                                     "path": info.path, "preset": info.preset, "run_id": self.run_id})  # fmt: skip
         self.thresholds = {c.id: self._threshold(c) for c in cfg.cameras}
         self.grids = {c.id: self._grid(c) for c in cfg.cameras}
-        size = info.image_size
-        self.map_shapes = {cam: (rows * size, cols * size) for cam, (rows, cols) in self.grids.items()}
+        self.map_shapes = {cam: fitted_hw(info.image_size, grid) for cam, grid in self.grids.items()}
         self.frames = FrameQueues([c.id for c in cfg.cameras], cfg.queues.frames_per_camera,
                                   wait=cfg.queues.when_full == "wait")
         self.results: queue.Queue = queue.Queue(cfg.queues.results)
@@ -345,9 +346,9 @@ class Daemon:
         for t in self.capture_threads:
             t.start()
         info = self.backend.info
-        log.info("running %d camera(s) with %s (%s) model %s (preset %s, %d px, %s); publishing on %s",
+        log.info("running %d camera(s) with %s (%s) model %s (preset %s, %s px, %s); publishing on %s",
                  len(self.capture_threads), info.backend, info.device, info.model_id, info.preset or "unnamed",
-                 info.image_size, info.resize, self.publisher.endpoint)
+                 size_text(info.image_size), info.resize, self.publisher.endpoint)
         for cam, (rows, cols) in self.grids.items():
             if (rows, cols) != NO_TILING:
                 log.info("camera %s: each frame cut into %dx%d tiles (%d inferences)", cam, rows, cols, rows * cols)

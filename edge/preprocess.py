@@ -1,4 +1,4 @@
-"""Preprocess: whatever a camera delivered -> the model's input (uint8 BGR, size x size x 3).
+"""Preprocess: whatever a camera delivered -> the model's input (uint8 BGR, height x width x 3).
 
 Checks first, because cameras and networks do deliver broken frames: an empty or truncated image,
 the wrong dtype, a strange channel count. Such a frame raises :class:`CorruptFrame`; the capture
@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from proad.data.folder import fit_image
+from proad.data.geometry import Size
 from proad.data.tiling import NO_TILING, Grid
 
 
@@ -20,10 +21,11 @@ class CorruptFrame(ValueError):
     """The frame cannot be used; the message says why."""
 
 
-def prepare(image: object, size: int, resize: str = "stretch", grid: Grid = NO_TILING) -> np.ndarray:
-    """A contiguous uint8 ``[size, size, 3]`` BGR frame fitted by the model's ``resize`` rule
-    (the function training used), or :class:`CorruptFrame`. A tiled camera's frame is
-    ``rows * size`` x ``cols * size``, cut into inputs at inference (:mod:`proad.data.tiling`)."""
+def prepare(image: object, size: Size, resize: str = "stretch", grid: Grid = NO_TILING) -> np.ndarray:
+    """A contiguous uint8 ``[height, width, 3]`` BGR frame at the model's input ``size`` (a square
+    side or (height, width)), fitted by the model's ``resize`` rule (the function training used),
+    or :class:`CorruptFrame`. A tiled camera's frame is ``rows`` x ``cols`` inputs, cut at inference
+    (:mod:`proad.data.tiling`)."""
     if not isinstance(image, np.ndarray):
         raise CorruptFrame(f"not an image array ({type(image).__name__})")
     if image.size == 0 or image.ndim not in (2, 3) or min(image.shape[:2]) < 8:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from proad.artifacts import INPUT_NAME, EngineInfo, OnnxMetadata, current_gpu, file_sha256, sidecar_path
+from proad.data.geometry import Size, size_hw
 from proad.kernels.trt_plugin import import_tensorrt, register_plugin, version_tuple
 
 
@@ -74,10 +75,11 @@ def validate(req: BuildRequest) -> OnnxMetadata:
     return meta
 
 
-def profile_shapes(req: BuildRequest, image_size: int) -> dict[str, list[int]]:
-    """min / opt / max shapes of the NHWC uint8 image input."""
+def profile_shapes(req: BuildRequest, image_size: Size) -> dict[str, list[int]]:
+    """min / opt / max shapes of the NHWC uint8 image input (a square or rectangular input)."""
+    height, width = size_hw(image_size)
     return {
-        name: [batch, image_size, image_size, 3]
+        name: [batch, height, width, 3]
         for name, batch in (("min", req.min_batch), ("opt", req.opt_batch), ("max", req.max_batch))
     }
 

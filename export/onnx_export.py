@@ -33,6 +33,7 @@ import torch
 from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata, file_sha256
 from proad.checkpoint import Checkpoint, load_model
 from proad.config import ModelConfig
+from proad.data.geometry import Size
 from proad.export.plugin_graph import fuse_attention
 from proad.model import ProAD
 
@@ -80,7 +81,7 @@ class _Fp32Outputs(torch.nn.Module):
         return amap.float(), score.float()
 
 
-def sample_images(image_size: int, count: int = 4) -> np.ndarray:
+def sample_images(image_size: Size, count: int = 4) -> np.ndarray:
     """Real rendered images (normal and defective, several categories) for the numeric check."""
     from proad.data.folder import fit_image
     from proad.data.synth import render

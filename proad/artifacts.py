@@ -58,7 +58,7 @@ class OnnxMetadata(BaseModel):
     )
     plugin: bool = Field(description="attention as proad::ProtoAttention nodes (TensorRT) or standard ops")
     input_layout: str = "uint8 NHWC BGR"
-    image_size: int
+    image_size: int | tuple[int, int] = Field(description="a square side, or (height, width)")
     preset: str = Field("", description="the proad-train preset the model was trained from ('' before presets)")
     category_tiles: dict[str, tuple[int, int]] = Field(
         default_factory=dict, description="categories cut into (rows, cols) tiles (proad.data.tiling)"

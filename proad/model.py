@@ -7,8 +7,9 @@ the model without the trainer. Read it top to bottom:
    exported graph needs no pre-processing beyond a resize.
 2. The frozen ``Encoder`` gives multi-level features (stride 8 and 16 by default), optionally
    averaged over a small neighbourhood (``feature_pool``, PatchCore's local aggregation).
-3. Each level is brought onto one token grid (16x16 at 256 px) and projected to D channels; their
-   sum passes a noisy MLP bottleneck (dropout while training) so the decoder cannot learn identity.
+3. Each level is brought onto one token grid (16x16 at 256 px, 16x28 at a 256 x 448 input) and
+   projected to D channels; their sum passes a noisy MLP bottleneck (dropout while training) so the
+   decoder cannot learn identity.
 4. The Dynamic Bidirectional Decoder keeps an expanded bank ``B`` of M learned prototypes. In layer
    l the prototypes first *aggregate* the tokens of the level that layer serves (cross-attention,
    prototypes as queries), which makes them image-adaptive; then the *Prototype-based Constraint*
@@ -183,9 +184,9 @@ class DecoderLayer(nn.Module):
 
         q = self.rec_norm_t(tokens)
         if self.context is not None:
-            b, n, d = q.shape
-            g = math.isqrt(n)
-            q = q + self.context(q.transpose(1, 2).reshape(b, d, g, g)).flatten(2).transpose(1, 2)
+            b, _, d = q.shape
+            rows, cols = cfg.grid_hw
+            q = q + self.context(q.transpose(1, 2).reshape(b, d, rows, cols)).flatten(2).transpose(1, 2)
         x = self.rec_attn(q, self.rec_norm_p(kv))
         x = x + self.rec_mlp(self.rec_norm_mlp(x))
         return x, protos, gap
@@ -260,11 +261,14 @@ class ProAD(nn.Module):
         # which layers serve which level: contiguous, as even as possible, finest level first
         self.groups = [list(map(int, part)) for part in np.array_split(np.arange(cfg.layers), len(self.level_strides))]
         self.register_buffer("blur", gaussian_kernel1d(cfg.map_sigma) if cfg.map_sigma > 0 else torch.ones(1))
-        # The map tail as matrices, one per level (level l's map is ceil(size / stride) a side), with the
-        # mean over levels folded in: derived from the config, so not saved (``anomaly_map``).
+        # The map tail as matrices, one pair per level (rows: level l's map is ceil(height / stride) high,
+        # to the input's height; columns likewise): derived from the config, so not saved (``anomaly_map``).
+        height, width = cfg.input_hw
         for level, stride in enumerate(self.level_strides):
-            op = upsample_blur_operator(math.ceil(cfg.image_size / stride), cfg.image_size, self.blur)
-            self.register_buffer(f"map_operator{level}", op, persistent=False)
+            rows = upsample_blur_operator(math.ceil(height / stride), height, self.blur)
+            cols = rows if width == height else upsample_blur_operator(math.ceil(width / stride), width, self.blur)
+            self.register_buffer(f"map_rows{level}", rows, persistent=False)
+            self.register_buffer(f"map_cols{level}", cols, persistent=False)
 
     # -- token grid --------------------------------------------------------------------------
     def _to_grid(self, f: torch.Tensor, stride: int) -> torch.Tensor:
@@ -278,9 +282,9 @@ class ProAD(nn.Module):
 
     def _from_grid(self, t: torch.Tensor, stride: int, channels: int) -> torch.Tensor:
         """Decoder tokens back to a level's resolution and channels, ``[B, C, h, w]``."""
-        g, grid = self.cfg.grid_stride, self.cfg.grid
+        g, (rows, cols) = self.cfg.grid_stride, self.cfg.grid_hw
         b = t.shape[0]
-        f = t.transpose(1, 2).reshape(b, -1, grid, grid)
+        f = t.transpose(1, 2).reshape(b, -1, rows, cols)
         if stride < g:
             f = F.pixel_shuffle(f, g // stride)
         elif stride > g:
@@ -345,8 +349,8 @@ class ProAD(nn.Module):
             f, r = f.float(), r.float()
             f, r = local_average(f, k), local_average(r, k)  # each position stands for its neighbourhood
             d = 1.0 - F.cosine_similarity(f, r, dim=1)  # [B, h, w]
-            op = getattr(self, f"map_operator{level}").float()
-            part = op @ d @ op.t()  # [size, h] @ [B, h, w] @ [w, size]
+            rows, cols = getattr(self, f"map_rows{level}").float(), getattr(self, f"map_cols{level}").float()
+            part = rows @ d @ cols.t()  # [H, h] @ [B, h, w] @ [w, W]
             m = part if m is None else m + part
         assert m is not None
         return m / len(feats)
@@ -355,12 +359,12 @@ class ProAD(nn.Module):
         """The same map as :meth:`anomaly_map`, DESIGN's steps run one by one (bilinear upsampling of
         each level, their mean, the Gaussian with reflected edges): the reference the matrix form is
         tested against (tests, ``bench/map_tail.py``). The model itself never runs it."""
-        size, k = self.cfg.image_size, self.cfg.map_pool
+        size, k = self.cfg.input_hw, self.cfg.map_pool
         maps = []
         for f, r in zip(feats, recs, strict=True):
             f, r = local_average(f.float(), k), local_average(r.float(), k)
             d = 1.0 - F.cosine_similarity(f, r, dim=1).unsqueeze(1)
-            maps.append(F.interpolate(d, size=(size, size), mode="bilinear", align_corners=False))
+            maps.append(F.interpolate(d, size=size, mode="bilinear", align_corners=False))
         m = torch.stack(maps).mean(0)
         if self.cfg.map_sigma > 0:
             g = self.blur.float()
@@ -371,7 +375,8 @@ class ProAD(nn.Module):
     def score(self, amap: torch.Tensor) -> torch.Tensor:
         """Image score: mean of the top ``score_top_fraction`` of the map's values."""
         flat = amap.flatten(1)
-        k = max(1, round(self.cfg.image_size**2 * self.cfg.score_top_fraction))  # static for export
+        height, width = self.cfg.input_hw
+        k = max(1, round(height * width * self.cfg.score_top_fraction))  # static for export
         return flat.topk(k, dim=1).values.mean(1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

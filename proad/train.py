@@ -46,6 +46,7 @@ from proad import distributed
 from proad.checkpoint import Checkpoint, CheckpointError, atomic_save, save_checkpoint
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import DatasetError, MVTecFolder, list_categories
+from proad.data.geometry import Size, size_text
 from proad.data.tiling import NO_TILING, Grid, auto_grid, tiles_of
 from proad.distributed import DistributedError, World
 from proad.loss import Gather, proad_loss
@@ -66,7 +67,7 @@ class Split:
 def open_categories(
     roots: Sequence[str | Path],
     categories: Sequence[str] | None,
-    image_size: int,
+    image_size: Size,
     resize: str = "stretch",
     grids: Mapping[str, Grid] | None = None,
 ) -> list[MVTecFolder]:
@@ -115,8 +116,8 @@ def encode(
     from tqdm import tqdm
 
     if not len(images):  # a rank's share of a tiny category can be empty
-        size = model.cfg.image_size
-        return [f.half() for f in model.features(torch.zeros((0, size, size, 3), dtype=torch.uint8))]
+        height, width = model.cfg.input_hw
+        return [f.half() for f in model.features(torch.zeros((0, height, width, 3), dtype=torch.uint8))]
     chunks: list[list[torch.Tensor]] = []
     for start in tqdm(range(0, len(images), batch), desc=desc, unit="batch", disable=not progress, leave=False):
         x = torch.from_numpy(np.stack(images[start : start + batch]))
@@ -282,7 +283,8 @@ def _train(
     grids = choose_grids(folders, model_cfg)
     for name, (rows, cols) in grids.items():
         if (rows, cols) != NO_TILING:
-            log(f"{name}: pictures cut into {rows}x{cols} tiles of {model_cfg.image_size} px (tile_max_shrink)")
+            tile = size_text(model_cfg.image_size)
+            log(f"{name}: pictures cut into {rows}x{cols} tiles of {tile} px (tile_max_shrink)")
     splits = [split_holdout(f, train_cfg.holdout_fraction, train_cfg.seed) for f in folders]
     torch.manual_seed(train_cfg.seed)
     model = ProAD(model_cfg)
@@ -388,7 +390,8 @@ def _train(
         state_dict=model.trainable_state_dict(),
         threshold=threshold,
         normalisation={
-            "input": f"uint8 NHWC BGR, any camera image fitted to image_size x image_size by {model_cfg.resize}",
+            "input": f"uint8 NHWC BGR, any camera image fitted to {size_text(model_cfg.image_size)} "
+                     f"by {model_cfg.resize}",
             "mean_rgb": list(model.encoder.body.pretrained_cfg["mean"]),
             "std_rgb": list(model.encoder.body.pretrained_cfg["std"]),
             "normal_score_mean": float(all_holdout.mean()) if all_holdout.size else None,

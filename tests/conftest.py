@@ -87,6 +87,25 @@ def small_export(tmp_path_factory: pytest.TempPathFactory, small_cfg: ModelConfi
 
 
 @pytest.fixture(scope="session")
+def wide_export(tmp_path_factory: pytest.TempPathFactory, small_cfg: ModelConfig) -> tuple[Path, Path]:
+    """An untrained small model with a rectangular input (128 high, 224 wide: a 7:4 camera) whose
+    maps have structure, as checkpoint and the plain graph ``export_onnx`` wrote after its own check
+    against torch."""
+    from proad.checkpoint import Checkpoint, save_checkpoint
+    from proad.export.onnx_export import export_onnx
+    from proad.model import ProAD
+
+    cfg = ModelConfig.model_validate({**small_cfg.model_dump(), "image_size": [128, 224]})
+    torch.manual_seed(4)
+    model = ProAD(cfg)
+    root = tmp_path_factory.mktemp("wide")
+    save_checkpoint(Checkpoint(cfg, model.trainable_state_dict(), 0.3), root / "wide.pt")
+    report = export_onnx(root / "wide.pt", root / "wide.onnx", verify_count=2)
+    assert report.max_abs_error_map <= 1e-4 and report.max_abs_error_score <= 1e-4
+    return root / "wide.pt", root / "wide.onnx"
+
+
+@pytest.fixture(scope="session")
 def board_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A short-trained model of the generated board (about 30 s), as checkpoint and plain ONNX.
 

@@ -337,3 +337,24 @@ def test_a_tiled_camera_publishes_stitched_maps_beside_a_plain_one(board_model, 
     _, scores = infer_tiled(backend.infer, frames, 256, backend.max_batch)
     for r in by_cam["tiled"]:
         assert r.header.score == pytest.approx(float(scores[r.header.frame_index % 6]), abs=1e-4)
+
+
+def test_a_rectangular_model_publishes_maps_of_its_own_shape(wide_export) -> None:
+    """A model with a 128 x 224 input: the daemon fits each camera frame to that rectangle (as
+    training did), publishes 128 x 224 maps, and each score is the backend's on the frame prepared
+    the same way."""
+    from proad.edge.preprocess import prepare
+
+    wide = load_backend(BackendConfig(model=str(wide_export[1]), threads=2, max_batch=4))
+    cfg = config(wide_export[1], [camera("wide", fps=60, max_frames=5, pool=5, seed=6, defect_rate=0.4)],
+                 queues=LOSSLESS)
+    daemon = Daemon(cfg, backend=wide)
+    assert daemon.map_shapes == {"wide": (128, 224)}
+    (results,) = run_to_end(daemon, [connect(daemon)])
+    assert [r.header.seq for r in results] == list(range(5))
+    assert all(r.map.shape == (128, 224) and r.header.map_shape == (128, 224) for r in results)
+    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.4, pool=5, seed=6, fps=1000))
+    cam.open()
+    _, scores = wide.infer(np.stack([prepare(img, (128, 224), wide.info.resize) for img, _ in cam.pool]))
+    for r in results:
+        assert r.header.score == pytest.approx(float(scores[r.header.frame_index % 5]), abs=1e-4)

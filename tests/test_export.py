@@ -270,3 +270,46 @@ def test_a_tiled_category_reaches_the_edge_and_infers_as_in_evaluation(geometry)
     ref_maps, ref_scores, _ = predict(model, [frame])
     assert maps[0].shape == (512, 512)
     assert np.allclose(maps[0], ref_maps[0], atol=1e-4) and np.allclose(scores, ref_scores, atol=1e-4)
+
+
+def test_a_rectangular_model_reaches_every_cpu_backend_at_its_own_shape(wide_export: tuple[Path, Path]) -> None:
+    """``image_size: [128, 224]`` travels checkpoint -> ONNX metadata -> ModelInfo; ONNX Runtime,
+    OpenVINO and torch run a 16:9 frame prepared as the daemon prepares it (pixel for pixel what
+    training reads) to the same 128 x 224 map; the plugin graph (TensorRT's form) runs the
+    rectangle's tokens as the plain one does, and a TensorRT profile is built for that shape."""
+    from proad.data.folder import fit_image
+    from proad.edge.backends import load_backend
+    from proad.edge.config import BackendConfig
+    from proad.edge.preprocess import prepare
+    from proad.export.engine import BuildRequest, profile_shapes
+
+    ckpt, graph = wide_export
+    assert read_metadata(graph).image_size == (128, 224)
+    frame = np.random.default_rng(7).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    image = prepare(frame, (128, 224))
+    assert image.shape == (128, 224, 3) and np.array_equal(image, fit_image(frame, (128, 224)))
+    model, _ = load_model(ckpt)
+    with torch.no_grad():
+        ref_map, ref_score = model(torch.from_numpy(image[None]))
+    assert float(ref_map.std()) > 1e-3  # a map with structure, so the comparison can fail
+    kinds = ["onnxruntime", "torch"] + (["openvino"] if _has("openvino") else [])
+    for kind in kinds:
+        backend = load_backend(BackendConfig(kind=kind, model=str(ckpt if kind == "torch" else graph), threads=2))
+        assert backend.info.image_size == (128, 224), kind
+        backend.warmup()  # a blank frame of the model's own shape
+        amap, score = backend.infer(image[None])
+        assert amap.shape == (1, 128, 224), kind
+        np.testing.assert_allclose(amap, ref_map.numpy(), atol=1e-4, err_msg=kind)
+        np.testing.assert_allclose(score, ref_score.numpy(), atol=1e-4, err_msg=kind)
+        backend.close()
+    assert profile_shapes(BuildRequest(graph, graph.with_suffix(".engine"), max_batch=4), (128, 224))["max"] == [
+        4, 128, 224, 3]
+    # the TensorRT form: every attention as the plugin node, over the 8 x 14 = 112 tokens of the rectangle
+    report = export_onnx(ckpt, graph.with_name("wide_plugin.onnx"), plugin=True, verify_count=1)
+    assert report.plugin_vs_plain is not None and report.plugin_vs_plain <= 1e-5
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -84,20 +84,21 @@ def test_identical_features_give_a_zero_map(model: ProAD) -> None:
     assert amap.abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("update", [{}, {"map_sigma": 0.0}, {"map_sigma": 2.5}, {"map_pool": 3}, {"image_size": 320}])
+@pytest.mark.parametrize("update", [{}, {"map_sigma": 0.0}, {"map_sigma": 2.5}, {"map_pool": 3}, {"image_size": 320},
+                                    {"image_size": (192, 320)}, {"image_size": (288, 160), "map_pool": 3}])
 def test_map_is_designs_upsample_mean_and_smoothing(model: ProAD, update: dict[str, float]) -> None:
     """The map tail runs as matrix products (``upsample_blur_operator``): the same map as DESIGN §2's
     steps run one by one (``anomaly_map_steps``), to float rounding, for every smoothing (none
-    included) and input size."""
-    m = ProAD(model.cfg.model_copy(update=update), encoder=model.encoder).eval()
-    size = m.cfg.image_size
+    included) and input size, square or rectangular (rows and columns have operators of their own)."""
+    m = ProAD(ModelConfig.model_validate({**model.cfg.model_dump(), **update}), encoder=model.encoder).eval()
+    height, width = m.cfg.input_hw
     torch.manual_seed(1)
     with torch.no_grad():
-        feats = m.features(torch.from_numpy(np.stack([cv2.resize(render("board", index=i).image, (size, size))
+        feats = m.features(torch.from_numpy(np.stack([cv2.resize(render("board", index=i).image, (width, height))
                                                       for i in range(2)])))  # fmt: skip
         recs = [f + f.std() * torch.randn_like(f) for f in feats]
         got, want = m.anomaly_map(feats, recs), m.anomaly_map_steps(feats, recs)
-    assert got.shape == want.shape == (2, size, size)
+    assert got.shape == want.shape == (2, height, width)
     assert float(want.std()) > 1e-2  # a map with structure, so the comparison can fail
     torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
 
@@ -184,5 +185,33 @@ def test_config_errors_are_clear() -> None:
         ModelConfig(protoypes=6)  # misspelt: refused, not ignored
     with pytest.raises(ValueError, match="multiple of 32"):
         ModelConfig(image_size=100)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ModelConfig(image_size=(256, 300))
+    with pytest.raises(ValueError, match="64-2048"):
+        ModelConfig(image_size=(32, 256))
     with pytest.raises(ValueError, match="feature levels"):
         ModelConfig(layers=1, feature_levels=(2, 3))
+
+
+def test_a_rectangular_input_keeps_its_token_grid_through_the_decoder(model: ProAD) -> None:
+    """``image_size: [height, width]``: the token grid is height / 16 x width / 16 (no positions to
+    fit, so the same decoder weights run on any grid), every level is rebuilt at its own rectangle,
+    the map has the input's shape and the score's top fraction counts its pixels; a square given as
+    a pair is the square."""
+    cfg = model.cfg.model_copy(update={"image_size": (160, 288)})
+    assert cfg.input_hw == (160, 288) and cfg.grid_hw == (10, 18)
+    assert ModelConfig(image_size=[256, 256]).image_size == 256  # one spelling per size
+    assert ModelConfig.model_validate_json(cfg.model_dump_json()) == cfg  # through checkpoints and metadata
+    m = ProAD(cfg, encoder=model.encoder).eval()
+    m.load_state_dict(model.state_dict(), strict=False)  # the square model's weights, unchanged
+    image = cv2.resize(render("board", index=0).image, (288, 160))
+    with torch.no_grad():
+        feats = m.features(torch.from_numpy(image[None]))
+        out = m.decode(feats)
+        amap, score = m(torch.from_numpy(image[None]))
+    assert [tuple(f.shape[2:]) for f in feats] == [(20, 36), (10, 18)]
+    assert [r.shape for r in out.reconstructions] == [f.shape for f in feats]
+    assert out.tokens.shape == (1, 180, model.cfg.dim)
+    assert amap.shape == (1, 160, 288)
+    k = round(160 * 288 * cfg.score_top_fraction)
+    assert float(score) == pytest.approx(float(amap.flatten().topk(k).values.mean()), rel=1e-6)

@@ -110,3 +110,27 @@ def test_a_large_picture_category_trains_calibrates_and_evaluates_on_tiles(tmp_p
     marble = result["categories"]["marble"]
     assert marble["images"] == len(folder.test) and 0.0 <= marble["image_auroc"] <= 1.0 and marble["tiles"] == [2, 2]
     assert at_threshold_lines(result).startswith("marble (2x2 tiles a picture): at threshold")
+
+
+def test_a_rectangular_input_fits_tiles_and_letterboxes_by_its_own_sides() -> None:
+    """``image_size`` (height, width): stretch fills the rectangle, letterbox keeps the picture's
+    aspect inside it (a picture of the input's own aspect is not padded at all), tiling compares
+    rows with the height and columns with the width, and a fitted picture splits back into inputs."""
+    size = (128, 224)  # 7:4, a wide camera's input
+    frame = np.random.default_rng(2).integers(0, 256, (720, 1260, 3), dtype=np.uint8)  # 7:4 too
+    assert fit_image(frame, size, "stretch").shape == (128, 224, 3)
+    assert letterbox_box(720, 1260, size) == (0, 0, 128, 224)  # same aspect: nothing padded
+    assert np.array_equal(fit_image(frame, size, "letterbox"), fit_image(frame, size, "stretch"))
+    assert letterbox_box(720, 720, size) == (0, 48, 128, 128)  # a square part pads left and right
+    assert fit_image(frame, size, "stretch", grid=(2, 3)).shape == (256, 672, 3)
+    assert grid_of(np.zeros((256, 672, 3), np.uint8), size) == (2, 3)
+    with pytest.raises(ValueError, match="224x128-pixel tiles"):
+        grid_of(np.zeros((256, 256, 3), np.uint8), size)
+    assert auto_grid(512, 448, size, 2.0, 4) == (2, 1)  # 256 native rows per tile row, 448 columns
+    assert auto_grid(256, 896, size, 2.0, 4) == (1, 2)
+    assert auto_grid(256, 448, (128, 224), 2.0, 4) == NO_TILING
+    fitted = fit_image(frame, size, grid=(2, 2))
+    maps, scores = infer_tiled(lambda x: (x[..., 0].astype(np.float32), x[..., 0].max((1, 2)).astype(np.float32)),
+                               [fitted], size, 4)
+    assert maps[0].shape == (256, 448) and np.array_equal(maps[0], fitted[..., 0])  # tiles back in place
+    assert scores[0] == fitted[..., 0].max()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -159,6 +160,32 @@ def test_clis_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert weave["images"] == 6 and weave["defective"] == 4
     assert len(list((tmp_path / "viz" / "weave").glob("*.png"))) >= 3
     assert "| weave |" in capsys.readouterr().out
+
+
+def test_a_rectangular_input_trains_and_evaluates_through_the_clis(tmp_path: Path, tiny_data: Path) -> None:
+    """``proad-train --set image_size=[128,224]``: the pictures are fitted to 128 x 224 for training,
+    the threshold's calibration and ``proad-eval`` (maps and masks of that shape, overlays written);
+    a side that is not a multiple of 32 is a usage error naming the field."""
+    from proad.data.folder import MVTecFolder
+
+    ckpt, out = tmp_path / "wide.pt", tmp_path / "eval.json"
+    assert train_main(["--data", str(tiny_data), "--out", str(ckpt), "--iterations", "4", "--batch-size", "4",
+                       "--quiet", "--set", "image_size=[128,224]", "dim=32", "heads=2", "layers=2"]) == 0
+    saved = load_checkpoint(ckpt)
+    assert saved.model_config.input_hw == (128, 224) and "128x224 (height x width)" in saved.normalisation["input"]
+    assert saved.category_tiles == {}  # 256-pixel pictures are shrunk at most 2x: not tiled
+    image, mask = MVTecFolder(tiny_data, "board", saved.model_config.image_size).load(
+        MVTecFolder(tiny_data, "board").test[-1])
+    assert image.shape == (128, 224, 3) and mask.shape == (128, 224) and mask.any()
+    assert eval_main(["--data", str(tiny_data), "--checkpoint", str(ckpt), "--json", str(out), "--viz",
+                      str(tmp_path / "viz"), "--quiet"]) == 0
+    board = json.loads(out.read_text())["categories"]["board"]
+    assert board["images"] == 3 + 2 * len({i.kind for i in MVTecFolder(tiny_data, "board").test} - {"good"})
+    assert 0.0 <= board["pixel_auroc"] <= 1.0 and 0.0 <= board["aupro"] <= 1.0
+    overlay = next((tmp_path / "viz" / "board").glob("*.png"))
+    assert cv2.imread(str(overlay)).shape == (128, 448, 3)  # the picture beside its overlay
+    assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "x.pt"), "--quiet",
+                       "--set", "image_size=[128,200]"]) == 2
 
 
 def test_cli_bad_input_exit_codes(tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]) -> None:

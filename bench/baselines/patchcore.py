@@ -125,7 +125,7 @@ class PatchCore(nn.Module):
             d_support = torch.cdist(test_feature[None], self.bank[support[0]])[0]
             weight = 1.0 - torch.softmax(d_support, dim=0)[0]  # the nearest one's share of exp-distances
             scores.append(weight * star)
-        amap = F.interpolate(patch.view(b, 1, h, w), size=(self.cfg.image_size,) * 2, mode="bilinear",
+        amap = F.interpolate(patch.view(b, 1, h, w), size=self.cfg.input_hw, mode="bilinear",
                              align_corners=False)  # fmt: skip
         k1 = self.blur
         pad = k1.numel() // 2

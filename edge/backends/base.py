@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata
+from proad.data.geometry import Size, size_hw
 from proad.data.tiling import Grid
 
 
@@ -34,7 +35,7 @@ def _model_config(meta: OnnxMetadata) -> dict:
 @dataclass(frozen=True)
 class ModelInfo:
     model_id: str
-    image_size: int
+    image_size: Size  # a square side or (height, width): proad.data.geometry
     threshold: float
     category_thresholds: dict[str, float] = field(default_factory=dict)
     path: str = ""
@@ -65,8 +66,8 @@ class Backend(ABC):
 
     def warmup(self) -> None:
         """One inference on a blank frame, so the first real frame is not slow."""
-        size = self.info.image_size
-        self.infer(np.zeros((1, size, size, 3), np.uint8))
+        height, width = size_hw(self.info.image_size)
+        self.infer(np.zeros((1, height, width, 3), np.uint8))
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release explicitly
         pass

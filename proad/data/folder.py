@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from proad.data.geometry import Size, size_hw
 from proad.data.tiling import NO_TILING, Grid
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -66,18 +67,19 @@ def _read_raw(path: Path) -> np.ndarray:
     return img
 
 
-#: How a picture of any size and aspect becomes the model's square input.
-#: ``stretch`` squashes it to the square (the shape of a part changes with the camera's aspect);
+#: How a picture of any size and aspect becomes the model's input (a square, or the rectangle of a
+#: rectangular ``image_size``, :mod:`proad.data.geometry`).
+#: ``stretch`` squashes it to the input's aspect (the shape of a part changes with the camera's aspect);
 #: ``letterbox`` scales it to fit, keeping its aspect, and fills the rest by mirroring the picture
 #: at its edges (no artificial border for the encoder to see). Masks are padded as not defective,
 #: so the padding counts as normal surface in the pixel metrics.
 RESIZE_MODES = ("stretch", "letterbox")
 
 
-def letterbox_box(height: int, width: int, size: int, grid: Grid = NO_TILING) -> tuple[int, int, int, int]:
-    """Where a ``height`` x ``width`` picture lies inside the letterboxed ``grid`` of ``size`` squares
-    (one square by default): ``(top, left, content height, content width)``."""
-    out_h, out_w = grid[0] * size, grid[1] * size
+def letterbox_box(height: int, width: int, size: Size, grid: Grid = NO_TILING) -> tuple[int, int, int, int]:
+    """Where a ``height`` x ``width`` picture lies inside the letterboxed ``grid`` of ``size`` inputs
+    (one by default): ``(top, left, content height, content width)``."""
+    out_h, out_w = fitted_hw(size, grid)
     scale = min(out_h / height, out_w / width)
     h, w = max(1, min(out_h, round(height * scale))), max(1, min(out_w, round(width * scale)))
     return (out_h - h) // 2, (out_w - w) // 2, h, w
@@ -92,14 +94,21 @@ def _resize(img: np.ndarray, width: int, height: int, nearest: bool = False) -> 
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def fitted_hw(size: Size, grid: Grid = NO_TILING) -> tuple[int, int]:
+    """(height, width) a picture is fitted to: the input's size times the tiling ``grid``."""
+    height, width = size_hw(size)
+    return grid[0] * height, grid[1] * width
+
+
 def fit_image(
-    img: np.ndarray, size: int, resize: str = "stretch", nearest: bool = False, grid: Grid = NO_TILING
+    img: np.ndarray, size: Size, resize: str = "stretch", nearest: bool = False, grid: Grid = NO_TILING
 ) -> np.ndarray:
     """The one preprocessing of training, evaluation, export and the edge daemon: any picture to
-    ``size`` x ``size`` (INTER_AREA when shrinking, linear when enlarging, nearest for masks), by
-    ``resize`` (:data:`RESIZE_MODES`). With a tiling ``grid`` (rows, cols) the target is
-    ``rows * size`` x ``cols * size``, to be cut by :func:`proad.data.tiling.split_tiles`."""
-    out_h, out_w = grid[0] * size, grid[1] * size
+    the input ``size`` (a square side or (height, width); INTER_AREA when shrinking, linear when
+    enlarging, nearest for masks), by ``resize`` (:data:`RESIZE_MODES`). With a tiling ``grid``
+    (rows, cols) the target is ``rows`` x ``cols`` inputs, to be cut by
+    :func:`proad.data.tiling.split_tiles`."""
+    out_h, out_w = fitted_hw(size, grid)
     if resize == "stretch":
         return _resize(img, out_w, out_h, nearest)
     if resize != "letterbox":
@@ -112,8 +121,8 @@ def fit_image(
     return cv2.copyMakeBorder(inner, top, out_h - h - top, left, out_w - w - left, border, value=0)
 
 
-def read_image(path: Path, size: int, resize: str = "stretch", grid: Grid = NO_TILING) -> np.ndarray:
-    """A BGR uint8 image fitted to ``size``x``size`` (or a tiling ``grid`` of them; :func:`fit_image`)."""
+def read_image(path: Path, size: Size, resize: str = "stretch", grid: Grid = NO_TILING) -> np.ndarray:
+    """A BGR uint8 image fitted to the input ``size`` (or a tiling ``grid`` of them; :func:`fit_image`)."""
     return fit_image(_read_raw(path), size, resize, grid=grid)
 
 
@@ -121,7 +130,7 @@ class MVTecFolder:
     """One category of an MVTec-AD-layout dataset."""
 
     def __init__(
-        self, root: str | Path, category: str, image_size: int = 256, resize: str = "stretch", grid: Grid = NO_TILING
+        self, root: str | Path, category: str, image_size: Size = 256, resize: str = "stretch", grid: Grid = NO_TILING
     ) -> None:
         self.root = Path(root)
         self.category = category
@@ -172,7 +181,7 @@ class MVTecFolder:
         size, grid = self.image_size, self.grid
         raw = _read_raw(item.path)
         if item.mask_path is None:
-            return fit_image(raw, size, self.resize, grid=grid), np.zeros((grid[0] * size, grid[1] * size), bool)
+            return fit_image(raw, size, self.resize, grid=grid), np.zeros(fitted_hw(size, grid), bool)
         m = cv2.imread(str(item.mask_path), cv2.IMREAD_GRAYSCALE)
         if m is None or m.size == 0:
             raise DatasetError(f"cannot read mask {item.mask_path}")

@@ -9,7 +9,7 @@ inspection. The rule here is simple and non-overlapping:
   size of its training pictures (:func:`auto_grid`: no tile is shrunk more than
   ``tile_max_shrink`` times, at most ``tile_max_grid`` tiles a side), and travels with the model
   (checkpoint ``train_info.category_tiles``, ONNX metadata, the edge's ``ModelInfo``);
-- a picture is fitted to ``rows * size`` x ``cols * size`` by the model's resize rule
+- a picture is fitted to ``rows * height`` x ``cols * width`` (the input's size) by the model's resize rule
   (:func:`proad.data.folder.fit_image`), cut into ``rows * cols`` inputs (:func:`split_tiles`),
   each inferred as a picture of its own; the maps are put back where their tiles were
   (:func:`stitch`) and the picture's score is the largest of its tiles' scores.
@@ -26,19 +26,22 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from proad.data.geometry import Size, size_hw
+
 #: (rows, cols) of a picture's tiles; (1, 1) is the whole picture as one input.
 Grid = tuple[int, int]
 NO_TILING: Grid = (1, 1)
 
 
-def auto_grid(height: int, width: int, size: int, max_shrink: float | None, max_grid: int) -> Grid:
+def auto_grid(height: int, width: int, size: Size, max_shrink: float | None, max_grid: int) -> Grid:
     """The grid for pictures of ``height`` x ``width`` native pixels: per side, the fewest tiles
-    that keep each tile's shrink to the ``size`` input at most ``max_shrink``, capped at
-    ``max_grid``. ``max_shrink`` None: never tile."""
+    that keep each tile's shrink to the ``size`` input (its height for rows, its width for columns)
+    at most ``max_shrink``, capped at ``max_grid``. ``max_shrink`` None: never tile."""
     if max_shrink is None:
         return NO_TILING
-    rows = math.ceil(height / (size * max_shrink))
-    cols = math.ceil(width / (size * max_shrink))
+    tile_h, tile_w = size_hw(size)
+    rows = math.ceil(height / (tile_h * max_shrink))
+    cols = math.ceil(width / (tile_w * max_shrink))
     return (min(max(rows, 1), max_grid), min(max(cols, 1), max_grid))
 
 
@@ -72,23 +75,24 @@ def stitch(tiles: np.ndarray, grid: Grid) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(rows * h, cols * w, *tiles.shape[3:]))
 
 
-def grid_of(image: np.ndarray, size: int) -> Grid:
-    """The grid of a picture fitted to a whole number of ``size`` tiles a side."""
+def grid_of(image: np.ndarray, size: Size) -> Grid:
+    """The grid of a picture fitted to a whole number of ``size`` inputs (tiles) a side."""
     height, width = image.shape[:2]
-    if height % size or width % size:
-        raise ValueError(f"a {width}x{height} picture is not a whole number of {size}-pixel tiles")
-    return (height // size, width // size)
+    tile_h, tile_w = size_hw(size)
+    if height % tile_h or width % tile_w:
+        raise ValueError(f"a {width}x{height} picture is not a whole number of {tile_w}x{tile_h}-pixel tiles")
+    return (height // tile_h, width // tile_w)
 
 
 def infer_tiled(
     infer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     images: Sequence[np.ndarray],
-    size: int,
+    size: Size,
     max_batch: int,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """(maps, scores) of pictures that are each a whole number of ``size`` tiles a side
-    (:func:`grid_of`), through ``infer`` (uint8 ``[B, size, size, 3]`` -> maps ``[B, size, size]``,
-    scores ``[B]``) in batches of at most ``max_batch`` tiles. Each picture's map is its tiles'
+    (:func:`grid_of`), through ``infer`` (uint8 ``[B, H, W, 3]`` -> maps ``[B, H, W]``, scores
+    ``[B]``, ``H`` x ``W`` the input size) in batches of at most ``max_batch`` tiles. Each picture's map is its tiles'
     maps stitched back, its score the largest of its tiles' scores. Pictures of one tile pass
     through as they are (the daemon's and evaluation's usual case)."""
     grids = [grid_of(im, size) for im in images]
