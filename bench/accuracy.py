@@ -102,7 +102,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "size320": ("320x320 input (20x20 tokens)", {"image_size": 320}),
     "no-pool": ("encoder levels not averaged (feature_pool 1: the default until issue 14)", {"feature_pool": 1}),
     "pool5": ("encoder levels averaged over 5x5 instead of 3x3", {"feature_pool": 5}),
-    "letterbox": ("aspect kept: pictures letterboxed into the square (mirrored padding)", {"resize": "letterbox"}),
+    "letterbox": ("aspect kept: pictures letterboxed into the input (mirrored padding)", {"resize": "letterbox"}),
     "no-dropout": ("no bottleneck dropout", {"bottleneck_dropout": 0.0}),
 }
 

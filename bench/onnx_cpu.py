@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, throughput, write_results
 from proad.checkpoint import Checkpoint, save_checkpoint
 from proad.config import ModelConfig
+from proad.data.geometry import size_text
 from proad.export.onnx_export import export_onnx, sample_images
 from proad.model import ProAD
 
@@ -71,7 +72,7 @@ def main() -> int:
             print("openvino is not installed: ONNX Runtime and torch only")
         rows = []
         for batch in (1, 8):
-            images = sample_images(256, batch)
+            images = sample_images(model.cfg.image_size, batch)
 
             def run_torch(x: np.ndarray) -> Any:
                 with torch.no_grad():
@@ -100,7 +101,8 @@ def main() -> int:
     lines = [
         "# Whole model on CPU: eager torch vs ONNX Runtime vs OpenVINO",
         "",
-        f"{data['machine']['cpu']}, {args.threads} threads, default ModelConfig, 256x256 uint8 input, "
+        f"{data['machine']['cpu']}, {args.threads} threads, {'the checkpoint' if args.checkpoint else 'default'} "
+        f"ModelConfig, {size_text(model.cfg.image_size)} uint8 input, "
         f"{data['machine']['date']}; median of {args.rounds} interleaved rounds. ONNX vs torch max |map| error "
         f"{report.max_abs_error_map:.1e}"
         + (f"; OpenVINO {ov_version} (latency hint, f32) vs ONNX Runtime max |map| error {ov_error:.1e}."

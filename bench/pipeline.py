@@ -32,7 +32,9 @@ share of it with the overloaded daemon's share of its own (``stalled_ratio``).
 ``openvino-int8`` is the OpenVINO backend on the int8 graph ``proad-export onnx --precision
 int8`` writes (calibrated here on the synthetic camera's frames; its accuracy is judged on real
 images by ``bench/int8.py``, not here); ``openvino-int8-bf16`` the same graph with its float parts
-in bf16 (``openvino.precision: bf16``, where the CPU has bf16 units).
+in bf16 (``openvino.precision: bf16``, where the CPU has bf16 units); ``openvino-int8-throughput`` the
+same graph under OpenVINO's throughput hint with two streams (``openvino.hint: throughput``, each
+batch cut into one part per stream).
 
 The model is the default architecture, untrained (speed does not depend on the weights); the
 daemon's threshold is set from the backend-alone scores so that a fifth of the frames are NG, as
@@ -337,7 +339,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "openvino-int8", "torch"],
-                   choices=["onnxruntime", "openvino", "openvino-int8", "openvino-int8-bf16", "torch"])
+                   choices=["onnxruntime", "openvino", "openvino-int8", "openvino-int8-bf16",
+                            "openvino-int8-throughput", "torch"])
     p.add_argument("--name", default="pipeline", help="results file stem under bench/results")
     p.add_argument("--cameras", nargs="*", type=int, default=[4, 8], help="several-camera cases (none: skip)")
     p.add_argument("--rounds", type=int, default=1,
@@ -364,7 +367,9 @@ def main() -> int:
                 kind, model = "openvino", int8
             else:
                 kind, model = name, onnx_path
-            options = {"openvino": {"precision": "bf16"}} if name.endswith("-bf16") else None
+            options = ({"openvino": {"precision": "bf16"}} if name.endswith("-bf16")
+                       else {"openvino": {"hint": "throughput", "streams": 2}} if name.endswith("-throughput")
+                       else None)
             rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp, options)})
     data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
     write_results(args.name, data, table(data))

@@ -70,7 +70,7 @@ def cached_features(model: ProAD, cfg: ModelConfig, folder: Any, photometric: bo
             (
                 cfg.backbone,
                 *cfg.feature_levels,
-                cfg.image_size,
+                "x".join(map(str, cfg.input_hw)),
                 cfg.resize,
                 folder.category,
                 "std" if photometric else "raw",

@@ -68,6 +68,7 @@ def main() -> int:
     from tqdm import tqdm
 
     from proad.checkpoint import CheckpointError, load_model
+    from proad.data.geometry import size_text
     from proad.evaluate import predict
     from proad.metrics import compute_metrics
     from proad.train import open_categories
@@ -82,6 +83,11 @@ def main() -> int:
     folders = open_categories(roots, None, cfg.image_size, cfg.resize, ckpt.category_tiles)
     if any(f.grid != (1, 1) for f in folders):
         print("a tiled category: its stitched maps are not square, run this on untiled ones", file=sys.stderr)
+        return 2
+    height, width = cfg.input_hw
+    if height != width:
+        print(f"a {size_text(cfg.image_size)} input: turns by 90 degrees do not fit it, run this on a square model",
+              file=sys.stderr)
         return 2
 
     def score(maps: np.ndarray) -> np.ndarray:

@@ -88,8 +88,11 @@ class OpenVinoOptions(_Strict):
     """OpenVINO's CPU plugin settings (``backend.kind: openvino``)."""
 
     hint: Literal["latency", "throughput"] = Field(
-        "latency", description="PERFORMANCE_HINT: latency (one stream, all threads on each request) or throughput"
-    )
+        "latency",
+        description="PERFORMANCE_HINT: latency (one stream, all threads on each request) or throughput (streams of "
+                    "fewer threads; each call cuts its batch into one part per stream: pays with several cameras "
+                    "batched, costs a frame that comes alone; README, Throughput streams)",
+    )  # fmt: skip
     streams: int | None = Field(None, ge=1, le=64, description="NUM_STREAMS (None: what the hint chooses)")
     precision: Literal["f32", "bf16"] = Field(
         "f32", description="INFERENCE_PRECISION_HINT: f32 keeps the exported maps; bf16 only where the CPU has it"

@@ -175,7 +175,7 @@ def calibration_images(
     category_tiles: Mapping[str, Grid] | None = None,
     categories: Sequence[str] = (),
 ) -> CalibrationSet:
-    """Up to ``limit`` model inputs (uint8 ``[size, size, 3]`` BGR) from the image files under
+    """Up to ``limit`` model inputs (uint8 ``[height, width, 3]`` BGR) from the image files under
     ``folders`` (recursively), preprocessed as the daemon preprocesses a camera's frames: fitted by
     the model's resize mode, and cut into tiles where a folder belongs to a tiled category of the
     model (``category_tiles``; :func:`folder_category`). ``categories``: the model's categories,

@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from proad.data.geometry import one_spelling
 from proad.kernels.plugin_spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 ONNX_FORMAT = "proad-onnx"
@@ -63,6 +64,11 @@ class OnnxMetadata(BaseModel):
     category_tiles: dict[str, tuple[int, int]] = Field(
         default_factory=dict, description="categories cut into (rows, cols) tiles (proad.data.tiling)"
     )
+
+    @field_validator("image_size")
+    @classmethod
+    def _one_spelling(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        return one_spelling(value)
 
     def to_props(self) -> dict[str, str]:
         out = {}

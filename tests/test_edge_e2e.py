@@ -301,10 +301,11 @@ def test_openvino_backend_agrees_with_onnxruntime(board_model, backend, tmp_path
     pytest.importorskip("openvino", reason="the openvino backend needs openvino (pip install '.[openvino]')")
     from proad.edge.backends import ModelLoadError
 
-    for hint in ("latency", "throughput"):
+    for options, requests in (({"hint": "latency"}, 1), ({"hint": "throughput", "streams": 2}, 2)):
         ov_backend = load_backend(BackendConfig(kind="openvino", model=str(board_model[1]), threads=2,
-                                                openvino={"hint": hint}))
+                                                openvino=options))
         assert ov_backend.info.model_id == backend.info.model_id and ov_backend.info.backend == "openvino"
+        assert len(ov_backend.requests) == requests  # throughput: three frames run as parts of 2 and 1 at once
         assert_same_results(ov_backend, backend)
         ov_backend.close()
     import onnx

@@ -205,6 +205,8 @@ def test_a_rectangular_input_keeps_its_token_grid_through_the_decoder(model: Pro
     m = ProAD(cfg, encoder=model.encoder).eval()
     m.load_state_dict(model.state_dict(), strict=False)  # the square model's weights, unchanged
     image = cv2.resize(render("board", index=0).image, (288, 160))
+    seen: list[tuple[int, ...]] = []  # the queries' 3x3 context sees the grid as rows x cols, not transposed
+    m.layers[0].context.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
     with torch.no_grad():
         feats = m.features(torch.from_numpy(image[None]))
         out = m.decode(feats)
@@ -212,6 +214,10 @@ def test_a_rectangular_input_keeps_its_token_grid_through_the_decoder(model: Pro
     assert [tuple(f.shape[2:]) for f in feats] == [(20, 36), (10, 18)]
     assert [r.shape for r in out.reconstructions] == [f.shape for f in feats]
     assert out.tokens.shape == (1, 180, model.cfg.dim)
+    assert seen[0] == (1, model.cfg.dim, 10, 18)
+    # the tokens are the grid row by row: token r * 18 + c is the stride-16 feature at (r, c)
+    stride16 = m._to_grid(feats[1], 16)
+    assert torch.equal(stride16[0, 2 * 18 + 5], feats[1][0, :, 2, 5])
     assert amap.shape == (1, 160, 288)
     k = round(160 * 288 * cfg.score_top_fraction)
     assert float(score) == pytest.approx(float(amap.flatten().topk(k).values.mean()), rel=1e-6)

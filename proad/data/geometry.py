@@ -14,16 +14,25 @@ imports it.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 #: A square side in pixels, or (height, width).
 Size = int | tuple[int, int]
 
 
 def size_hw(size: Size) -> tuple[int, int]:
     """``(height, width)`` of an input size (a square side gives both)."""
-    if isinstance(size, int):
-        return size, size
+    if isinstance(size, Integral):
+        return int(size), int(size)
     height, width = size
     return int(height), int(width)
+
+
+def one_spelling(size: Size) -> Size:
+    """A square given as a pair is the square's side: ``[256, 256]`` is ``256``, so equal models have
+    equal configs and metadata."""
+    height, width = size_hw(size)
+    return height if height == width else (height, width)
 
 
 def size_text(size: Size) -> str:
