@@ -90,8 +90,8 @@ class OpenVinoOptions(_Strict):
     hint: Literal["latency", "throughput"] = Field(
         "latency",
         description="PERFORMANCE_HINT: latency (one stream, all threads on each request) or throughput (streams of "
-                    "fewer threads; each call cuts its batch into one part per stream: pays with several cameras "
-                    "batched, costs a frame that comes alone; README, Throughput streams)",
+                    "fewer threads; each call cuts its batch, a dynamic-batch graph's, into one part per stream: "
+                    "pays with several cameras batched, costs a frame that comes alone; README, Throughput streams)",
     )  # fmt: skip
     streams: int | None = Field(None, ge=1, le=64, description="NUM_STREAMS (None: what the hint chooses)")
     precision: Literal["f32", "bf16"] = Field(

@@ -307,6 +307,12 @@ def test_openvino_backend_agrees_with_onnxruntime(board_model, backend, tmp_path
         assert ov_backend.info.model_id == backend.info.model_id and ov_backend.info.backend == "openvino"
         assert len(ov_backend.requests) == requests  # throughput: three frames run as parts of 2 and 1 at once
         assert_same_results(ov_backend, backend)
+        frame = np.zeros((1, 256, 256, 3), np.uint8)
+        with pytest.raises(RuntimeError):  # OpenVINO: a frame of the wrong size
+            ov_backend.infer(np.zeros((3, 64, 64, 3), np.uint8))
+        # no request was left running: the next calls, one frame (fewer than the streams) and a batch, work
+        np.testing.assert_allclose(ov_backend.infer(frame)[1], backend.infer(frame)[1], atol=1e-4)
+        assert_same_results(ov_backend, backend)
         ov_backend.close()
     import onnx
 
