@@ -334,6 +334,13 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: the backend config each variant of a backend adds (``measure_backend``'s ``options``)
+BACKEND_OPTIONS: dict[str, dict[str, Any]] = {
+    "openvino-int8-bf16": {"openvino": {"precision": "bf16"}},
+    "openvino-int8-throughput": {"openvino": {"hint": "throughput", "streams": 2}},
+}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0)
@@ -362,15 +369,13 @@ def main() -> int:
         for name in args.backends:
             if name == "torch":
                 kind, model = "torch", ckpt
-            elif name.startswith("openvino-int8"):  # one int8 graph for both of its backends
+            elif name.startswith("openvino-int8"):  # one int8 graph for all of its backends
                 int8 = int8 or make_int8(ckpt, onnx_path, frames, tmp)
                 kind, model = "openvino", int8
             else:
                 kind, model = name, onnx_path
-            options = ({"openvino": {"precision": "bf16"}} if name.endswith("-bf16")
-                       else {"openvino": {"hint": "throughput", "streams": 2}} if name.endswith("-throughput")
-                       else None)
-            rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp, options)})
+            rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp,
+                                                            BACKEND_OPTIONS.get(name))})
     data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
     write_results(args.name, data, table(data))
     return 0

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from proad.data.geometry import one_spelling
+from proad.data.geometry import ImageSize
 from proad.kernels.plugin_spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 ONNX_FORMAT = "proad-onnx"
@@ -59,16 +59,11 @@ class OnnxMetadata(BaseModel):
     )
     plugin: bool = Field(description="attention as proad::ProtoAttention nodes (TensorRT) or standard ops")
     input_layout: str = "uint8 NHWC BGR"
-    image_size: int | tuple[int, int] = Field(description="a square side, or (height, width)")
+    image_size: ImageSize = Field(description="a square side, or (height, width)")
     preset: str = Field("", description="the proad-train preset the model was trained from ('' before presets)")
     category_tiles: dict[str, tuple[int, int]] = Field(
         default_factory=dict, description="categories cut into (rows, cols) tiles (proad.data.tiling)"
     )
-
-    @field_validator("image_size")
-    @classmethod
-    def _one_spelling(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
-        return one_spelling(value)
 
     def to_props(self) -> dict[str, str]:
         out = {}

