@@ -89,9 +89,10 @@ class OpenVinoOptions(_Strict):
 
     hint: Literal["latency", "throughput"] = Field(
         "latency",
-        description="PERFORMANCE_HINT: latency (one stream, all threads on each request) or throughput (streams of "
-                    "fewer threads; each call cuts its batch, a dynamic-batch graph's, into one part per stream: "
-                    "pays with several cameras batched, costs a frame that comes alone; README, Throughput streams)",
+        description="PERFORMANCE_HINT: latency (one stream, all threads on each request: the lowest latency) or "
+                    "throughput (streams of fewer threads: the daemon keeps one batch in flight per stream and a "
+                    "call that finds several streams free cuts its batch across them: more frames per second, a "
+                    "few ms more per frame; README, Batches in flight in the daemon)",
     )  # fmt: skip
     streams: int | None = Field(None, ge=1, le=64, description="NUM_STREAMS (None: what the hint chooses)")
     precision: Literal["f32", "bf16"] = Field(
@@ -105,6 +106,12 @@ class BackendConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads for onnxruntime/openvino/torch")
     max_batch: int = Field(4, ge=1, le=256, description="frames of several cameras inferred together")
+    in_flight: int | None = Field(
+        None, ge=1, le=16,
+        description="batches the daemon keeps in inference at once, each taken while the others run and "
+                    "published in capture order (None: as many as the backend runs side by side: one per stream "
+                    "under openvino.hint throughput, else 1)",
+    )  # fmt: skip
     cuda_graphs: bool = Field(True, description="tensorrt: replay each batch size as a CUDA graph")
     openvino: OpenVinoOptions = OpenVinoOptions()
 

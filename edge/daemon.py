@@ -10,7 +10,10 @@ Threads joined by bounded queues, data flowing one way:
 - one **inference** thread takes up to ``max_batch`` frames across cameras and runs the backend
   (the heavy work releases the GIL); a tiled camera's frame (``cameras[].tiles`` or the model's
   tiling of its category, :mod:`proad.data.tiling`) is cut into its tiles there and its map
-  stitched back, exactly as the model's training pictures were;
+  stitched back, exactly as the model's training pictures were. A backend that runs calls side by
+  side (OpenVINO's streams) gets one such thread per call it can run (``backend.in_flight``): each
+  takes its batch while the others infer, and hands its results on in the order the batches were
+  taken, so every camera's results stay in capture order;
 - one **output** thread thresholds, encodes and publishes each result in order, giving each camera
   contiguous ``seq`` numbers; an NG is first written to the spool (when the NG channel is on), so
   every NG anyone saw is on disk; with the fail-safe on, it also publishes the fail-safe NG of any
@@ -111,7 +114,13 @@ class Daemon:
         self.capture_threads = [
             threading.Thread(target=self._capture, args=(c,), name=f"capture-{c.id}", daemon=True) for c in cfg.cameras
         ]
-        self.infer_thread = threading.Thread(target=self._infer, name="inference", daemon=True)
+        self.in_flight = cfg.backend.in_flight or self.backend.parallel_calls
+        self.infer_threads = [threading.Thread(target=self._infer, name=f"inference-{i}", daemon=True)
+                              for i in range(self.in_flight)]
+        self._taking = threading.Lock()  # one thread takes a batch at a time and numbers it
+        self._handing = threading.Condition()  # batches hand their results on in the order they were taken
+        self._taken = self._handed = 0
+        self._inferring = self.in_flight  # inference threads not yet ended; the last one ends the results
         self.output_thread = threading.Thread(target=self._output, name="output", daemon=True)
         self.started = False
 
@@ -240,26 +249,44 @@ class Daemon:
     def _infer(self) -> None:
         max_batch, size = self.backend.max_batch, self.backend.info.image_size
         while True:
-            batch = self.frames.take(max_batch, timeout=0.2)
+            with self._taking:
+                batch = self.frames.take(max_batch, timeout=0.2)
+                turn = self._taken
+                self._taken += bool(batch)
             if batch is None:
                 break
             if not batch:
                 continue
-            t0 = time.perf_counter()
+            inferred: list[Inferred] = []
             try:
+                t0 = time.perf_counter()
                 # a tiled camera's frame is several inputs; its map comes back stitched
                 maps, scores = infer_tiled(self.backend.infer, [f.image for f in batch], size, max_batch)
+                t1 = time.perf_counter()
+                inferred = [Inferred(f, amap, float(score), t0, t1)
+                            for f, amap, score in zip(batch, maps, scores, strict=True)]
             except Exception:
                 self.telemetry.event("backend_errors")
                 for f in batch:
                     self.telemetry.drop(f.camera_id, "backend_error")
                     self.windows.give_up(f, "backend_error")
                 log.exception("backend failed on a batch of %d (frames dropped)", len(batch))
-                continue
-            t1 = time.perf_counter()
-            for f, amap, score in zip(batch, maps, scores, strict=True):
-                self.results.put(Inferred(f, amap, float(score), t0, t1))
-        self.results.put(_END)
+            finally:
+                self._hand_on(turn, inferred)
+        with self._handing:
+            self._inferring -= 1
+            if self._inferring == 0:  # every batch is handed on
+                self.results.put(_END)
+
+    def _hand_on(self, turn: int, inferred: list[Inferred]) -> None:
+        """Queue a batch's results for the output thread once every batch taken before it is queued."""
+        with self._handing:
+            while self._handed != turn:
+                self._handing.wait()
+            for item in inferred:
+                self.results.put(item)
+            self._handed += 1
+            self._handing.notify_all()
 
     def _output(self) -> None:
         seq: defaultdict[str, int] = defaultdict(int)
@@ -338,7 +365,8 @@ class Daemon:
     def start(self) -> None:
         self.started = True
         self.output_thread.start()
-        self.infer_thread.start()
+        for t in self.infer_threads:
+            t.start()
         for channel in self.ng_channels:
             channel.start()
         if self.status is not None:
@@ -346,9 +374,10 @@ class Daemon:
         for t in self.capture_threads:
             t.start()
         info = self.backend.info
-        log.info("running %d camera(s) with %s (%s) model %s (preset %s, %s px, %s); publishing on %s",
-                 len(self.capture_threads), info.backend, info.device, info.model_id, info.preset or "unnamed",
-                 size_text(info.image_size), info.resize, self.publisher.endpoint)
+        log.info("running %d camera(s) with %s (%s) model %s (preset %s, %s px, %s; %d batch(es) in flight); "
+                 "publishing on %s", len(self.capture_threads), info.backend, info.device, info.model_id,
+                 info.preset or "unnamed", size_text(info.image_size), info.resize, self.in_flight,
+                 self.publisher.endpoint)
         for cam, (rows, cols) in self.grids.items():
             if (rows, cols) != NO_TILING:
                 log.info("camera %s: each frame cut into %dx%d tiles (%d inferences)", cam, rows, cols, rows * cols)
@@ -362,7 +391,8 @@ class Daemon:
             for t in self.capture_threads:
                 t.join(max(0.0, deadline - time.monotonic()))
             self.frames.close()
-            self.infer_thread.join(max(0.0, deadline - time.monotonic()))
+            for t in self.infer_threads:
+                t.join(max(0.0, deadline - time.monotonic()))
             self.output_thread.join(max(0.0, deadline - time.monotonic()))
             if self.output_thread.is_alive():
                 log.error("shutdown timed out with %d frames queued", self.frames.pending())

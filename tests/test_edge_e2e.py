@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from proad.edge.backends import load_backend
+from proad.edge.backends import Backend, load_backend
 from proad.edge.config import BackendConfig, PipelineConfig, SyntheticSource
 from proad.edge.daemon import Daemon
 from proad.edge.ports import free_ports
@@ -95,6 +95,60 @@ def test_cameras_batch_together_with_their_own_sequences(board_model, backend) -
     assert snap["published"] == {"a": 30, "b": 20} and not snap["dropped"]
     for cam, n in (("a", 30), ("b", 20)):
         assert [r.header.seq for r in results if r.header.camera_id == cam] == list(range(n))
+
+
+class OutOfOrder(Backend):
+    """The real backend, called by two inference threads at once: its first call returns only after a
+    later call has, so batches come back out of order; its third call fails."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner, self.info, self.max_batch, self.parallel_calls = inner, inner.info, 2, 2
+        self.lock = threading.Lock()
+        self.calls = self.running = self.most_running = 0
+        self.failed = 0  # frames in the failed call
+        self.later_returned = threading.Event()
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            if call == 1:
+                self.later_returned.wait(60)
+            if call == 3:
+                self.failed = len(images)
+                raise RuntimeError("device lost (injected)")
+            return self.inner.infer(images)
+        finally:
+            with self.lock:
+                self.running -= 1
+            if call > 1:
+                self.later_returned.set()
+
+
+def test_batches_in_flight_are_published_in_capture_order(board_model, backend) -> None:
+    """Two batches in inference at once (a backend that runs calls side by side): the second batch
+    comes back first, and a failed batch's frames are dropped and counted; every other frame is
+    published once, each camera's in capture order, with its own score."""
+    flaky = OutOfOrder(backend)
+    cfg = config(board_model[1], [camera("cam0", fps=200, pool=24, max_frames=24, defect_rate=0.3)], queues=LOSSLESS)
+    daemon = Daemon(cfg, backend=flaky)
+    assert daemon.in_flight == 2  # backend.in_flight unset: as many as the backend runs side by side
+    (results,) = run_to_end(daemon, [connect(daemon)])
+    assert flaky.most_running == 2 and flaky.failed >= 1
+    snap = daemon.telemetry.snapshot()
+    assert snap["dropped"] == {"backend_error": {"cam0": flaky.failed}}
+    assert len(results) == snap["published"]["cam0"] == 24 - flaky.failed
+    assert [r.header.seq for r in results] == list(range(len(results)))
+    indices = [r.header.frame_index for r in results]
+    assert indices == sorted(indices) and len(set(indices)) == len(indices)
+    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.3, pool=24, fps=1000))
+    cam.open()
+    _, scores = backend.infer(np.stack([img for img, _ in cam.pool]))
+    for r in results:
+        assert r.header.score == pytest.approx(float(scores[r.header.frame_index]), abs=1e-4)
 
 
 def test_camera_filter_and_ng_only(board_model, backend) -> None:
@@ -313,7 +367,20 @@ def test_openvino_backend_agrees_with_onnxruntime(board_model, backend, tmp_path
         # no request was left running: the next calls, one frame (fewer than the streams) and a batch, work
         np.testing.assert_allclose(ov_backend.infer(frame)[1], backend.infer(frame)[1], atol=1e-4)
         assert_same_results(ov_backend, backend)
+        assert ov_backend.parallel_calls == requests
         ov_backend.close()
+    # throughput: the daemon keeps two batches in flight, one per stream, and publishes them in order
+    ov_backend = load_backend(BackendConfig(kind="openvino", model=str(board_model[1]), threads=2, max_batch=2,
+                                            openvino={"hint": "throughput", "streams": 2}))
+    cfg = config(board_model[1], [camera("cam0", fps=200, pool=24, max_frames=24, defect_rate=0.3)], queues=LOSSLESS)
+    daemon = Daemon(cfg, backend=ov_backend)
+    assert daemon.in_flight == 2
+    (results,) = run_to_end(daemon, [connect(daemon)])
+    assert [(r.header.seq, r.header.frame_index) for r in results] == [(i, i) for i in range(24)]
+    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.3, pool=24, fps=1000))
+    cam.open()
+    _, scores = backend.infer(np.stack([img for img, _ in cam.pool]))
+    np.testing.assert_allclose([r.header.score for r in results], scores, atol=1e-4)
     import onnx
 
     bare = onnx.load(str(board_model[1]))

@@ -59,6 +59,9 @@ class Backend(ABC):
     info: ModelInfo
     #: the largest batch one call accepts (the daemon never gives more)
     max_batch: int = 1
+    #: how many calls it runs side by side when they come from several threads at once (OpenVINO's
+    #: streams); 1: one at a time is as fast as it gets (the daemon keeps that many batches in flight)
+    parallel_calls: int = 1
 
     @abstractmethod
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

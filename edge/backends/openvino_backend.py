@@ -8,11 +8,12 @@ streams, precision). ``precision: f32`` is the default because OpenVINO's own CP
 machines with bf16 units is bf16, which moves the anomaly maps (README, "Export and CPU speed").
 
 Under ``hint: throughput`` the CPU plugin splits its threads into streams (two on a 2-core machine,
-one thread each), and one request runs on one stream: so each call cuts its batch into one part per
-stream and runs the parts at once (the daemon batches under load, where this is what pays: int8 at
-batch 8 ran 1.09x the latency hint's throughput here, 1.12x at batch 4, README "Throughput streams").
-A call of one frame runs on one stream, slower than under the latency hint: pick ``throughput`` for a
-box that is kept busy. A fixed-batch graph cannot be cut and runs whole on one stream.
+one thread each), and one request runs on one stream, so one call alone would use one core. Two
+things keep every stream busy: calls from several threads at once (the daemon keeps one batch in
+flight per stream, ``backend.in_flight``), each taking the requests that are free, at least one; and
+a call that finds several free cuts its batch into one part per request and runs the parts at once.
+One camera's daemon delivered 1.97x what it did one batch at a time, 1.17x the latency hint (README,
+"Batches in flight in the daemon"). A fixed-batch graph cannot be cut and runs whole on one request.
 
 It is also the backend of the int8 graph (``proad-export onnx --precision int8``): OpenVINO reads
 its QuantizeLinear/DequantizeLinear pairs and runs the quantized convolutions and matrix products
@@ -21,6 +22,7 @@ with its int8 kernels (README, "int8"); ``precision`` then applies to the parts 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -70,17 +72,41 @@ class OpenVinoBackend(Backend):
             raise ModelLoadError(f"{path}: OpenVINO cannot compile it for the CPU: "
                                  f"{str(exc).splitlines()[0][:200]}") from exc
         # one request per stream (1 under the latency hint unless streams are set), each running its part
-        # of a batch; a fixed-batch graph cannot be cut, so it runs whole on the first
-        parallel = 1 if self.fixed_batch else int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        # of a batch or another thread's call; a fixed-batch graph cannot be cut, so a call runs it on one
+        parallel = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.requests = [self.compiled.create_infer_request() for _ in range(max(1, parallel))]
+        self.parallel_calls = len(self.requests)
+        self._free = list(self.requests)  # requests no call holds (calls may come from several threads)
+        self._freed = threading.Condition()
         self.outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
         self.info = ModelInfo.from_metadata(meta, str(path), "openvino", "cpu")
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
         batch = pad_batch(images, self.fixed_batch)
-        parts = np.array_split(batch, max(1, min(len(self.requests), len(batch))))
-        busy = self.requests[: len(parts)]
+        held = self._acquire(1 if self.fixed_batch else len(batch))
+        try:
+            return self._run(held, batch, n)
+        finally:
+            self._release(held)
+
+    def _acquire(self, want: int) -> list[Any]:
+        """Up to ``want`` free requests, at least one (waits for it)."""
+        with self._freed:
+            while not self._free:
+                self._freed.wait()
+            held, self._free = self._free[:want], self._free[want:]
+            return held
+
+    def _release(self, held: list[Any]) -> None:
+        with self._freed:
+            self._free.extend(held)
+            self._freed.notify_all()
+
+    def _run(self, held: list[Any], batch: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``batch`` cut into one part per held request, run at once."""
+        parts = np.array_split(batch, max(1, min(len(held), len(batch))))
+        busy = held[: len(parts)]
         started = []
         try:
             for request, part in zip(busy, parts, strict=True):
