@@ -109,8 +109,8 @@ class BackendConfig(_Strict):
     in_flight: int | None = Field(
         None, ge=1, le=16,
         description="batches the daemon keeps in inference at once, each taken while the others run and "
-                    "published in capture order (None: as many as the backend runs side by side: one per stream "
-                    "under openvino.hint throughput, else 1)",
+                    "published in capture order (None: as many calls as the backend runs side by side: the "
+                    "openvino backend's infer requests, one per stream, 1 for the others; tensorrt takes only 1)",
     )  # fmt: skip
     cuda_graphs: bool = Field(True, description="tensorrt: replay each batch size as a CUDA graph")
     openvino: OpenVinoOptions = OpenVinoOptions()

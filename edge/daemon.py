@@ -83,6 +83,11 @@ class Daemon:
         spool directory fails at start with one line (and what was already opened is closed)."""
         self.cfg = cfg
         self.backend = backend if backend is not None else load_backend(cfg.backend)
+        if (cfg.backend.in_flight or 1) > 1 and not self.backend.thread_safe:
+            if backend is None:
+                self.backend.close()
+            raise ModelLoadError(f"backend.in_flight {cfg.backend.in_flight}: the {self.backend.info.backend} backend "
+                                 "runs one call at a time; set backend.in_flight to 1")
         info = self.backend.info
         self.run_id = secrets.token_hex(4)
         self.telemetry = Telemetry({"model_id": info.model_id, "backend": info.backend, "device": info.device,
@@ -257,7 +262,7 @@ class Daemon:
                 break
             if not batch:
                 continue
-            inferred: list[Inferred] = []
+            inferred: list[Inferred] | None = None
             try:
                 t0 = time.perf_counter()
                 # a tiled camera's frame is several inputs; its map comes back stitched
@@ -267,24 +272,28 @@ class Daemon:
                             for f, amap, score in zip(batch, maps, scores, strict=True)]
             except Exception:
                 self.telemetry.event("backend_errors")
-                for f in batch:
-                    self.telemetry.drop(f.camera_id, "backend_error")
-                    self.windows.give_up(f, "backend_error")
                 log.exception("backend failed on a batch of %d (frames dropped)", len(batch))
             finally:
-                self._hand_on(turn, inferred)
+                self._hand_on(turn, batch, inferred)
         with self._handing:
             self._inferring -= 1
             if self._inferring == 0:  # every batch is handed on
                 self.results.put(_END)
 
-    def _hand_on(self, turn: int, inferred: list[Inferred]) -> None:
-        """Queue a batch's results for the output thread once every batch taken before it is queued."""
+    def _hand_on(self, turn: int, batch: list[Frame], inferred: list[Inferred] | None) -> None:
+        """Once every batch taken before it is handed on: queue the batch's results for the output
+        thread, or (``None``: the backend failed) drop its frames, counted, and let the fail-safe
+        publish them, so frames of a later batch never overtake them."""
         with self._handing:
             while self._handed != turn:
                 self._handing.wait()
-            for item in inferred:
-                self.results.put(item)
+            if inferred is None:
+                for f in batch:
+                    self.telemetry.drop(f.camera_id, "backend_error")
+                    self.windows.give_up(f, "backend_error")
+            else:
+                for item in inferred:
+                    self.results.put(item)
             self._handed += 1
             self._handing.notify_all()
 

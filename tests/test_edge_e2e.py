@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from proad.edge.backends import Backend, load_backend
+from proad.edge.backends import Backend, ModelLoadError, load_backend
 from proad.edge.config import BackendConfig, PipelineConfig, SyntheticSource
 from proad.edge.daemon import Daemon
 from proad.edge.ports import free_ports
@@ -98,55 +98,64 @@ def test_cameras_batch_together_with_their_own_sequences(board_model, backend) -
 
 
 class OutOfOrder(Backend):
-    """The real backend, called by two inference threads at once: its first call returns only after a
-    later call has, so batches come back out of order; its third call fails."""
+    """The real backend, called by two inference threads at once: the call holding the first frame
+    returns only after a later call has, so batches come back out of order; the third call fails."""
 
-    def __init__(self, inner: Backend) -> None:
+    def __init__(self, inner: Backend, first_frame: np.ndarray) -> None:
         self.inner, self.info, self.max_batch, self.parallel_calls = inner, inner.info, 2, 2
+        self.first_frame = first_frame
         self.lock = threading.Lock()
         self.calls = self.running = self.most_running = 0
         self.failed = 0  # frames in the failed call
+        self.overtaken = False  # the first frame's call returned after a later one
         self.later_returned = threading.Event()
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = any(np.array_equal(im, self.first_frame) for im in images)
         with self.lock:
             self.calls += 1
             call = self.calls
             self.running += 1
             self.most_running = max(self.most_running, self.running)
         try:
-            if call == 1:
-                self.later_returned.wait(60)
-            if call == 3:
+            if first:
+                self.overtaken = self.later_returned.wait(60)
+            elif call == 3:
                 self.failed = len(images)
                 raise RuntimeError("device lost (injected)")
             return self.inner.infer(images)
         finally:
             with self.lock:
                 self.running -= 1
-            if call > 1:
+            if not first:
                 self.later_returned.set()
 
 
 def test_batches_in_flight_are_published_in_capture_order(board_model, backend) -> None:
-    """Two batches in inference at once (a backend that runs calls side by side): the second batch
-    comes back first, and a failed batch's frames are dropped and counted; every other frame is
-    published once, each camera's in capture order, with its own score."""
-    flaky = OutOfOrder(backend)
+    """Two batches in inference at once (a backend that runs calls side by side): the first batch
+    comes back after the second, and a failed batch's frames are dropped and counted; every other
+    frame is published once, each camera's in capture order, with its own score. A backend that runs
+    one call at a time (TensorRT's) refuses to be called from two threads."""
+    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.3, pool=24, fps=1000))
+    cam.open()
+    pool = np.stack([img for img, _ in cam.pool])
     cfg = config(board_model[1], [camera("cam0", fps=200, pool=24, max_frames=24, defect_rate=0.3)], queues=LOSSLESS)
+    single = load_backend(BackendConfig(model=str(board_model[1]), threads=2))
+    single.thread_safe = False  # as the TensorRT backend
+    with pytest.raises(ModelLoadError, match="one call at a time"):
+        Daemon(cfg.model_copy(update={"backend": cfg.backend.model_copy(update={"in_flight": 2})}), backend=single)
+    flaky = OutOfOrder(backend, pool[0])
     daemon = Daemon(cfg, backend=flaky)
     assert daemon.in_flight == 2  # backend.in_flight unset: as many as the backend runs side by side
     (results,) = run_to_end(daemon, [connect(daemon)])
-    assert flaky.most_running == 2 and flaky.failed >= 1
+    assert flaky.overtaken and flaky.most_running == 2 and flaky.failed >= 1
     snap = daemon.telemetry.snapshot()
     assert snap["dropped"] == {"backend_error": {"cam0": flaky.failed}}
     assert len(results) == snap["published"]["cam0"] == 24 - flaky.failed
     assert [r.header.seq for r in results] == list(range(len(results)))
     indices = [r.header.frame_index for r in results]
-    assert indices == sorted(indices) and len(set(indices)) == len(indices)
-    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.3, pool=24, fps=1000))
-    cam.open()
-    _, scores = backend.infer(np.stack([img for img, _ in cam.pool]))
+    assert indices[0] == 0 and indices == sorted(indices) and len(set(indices)) == len(indices)
+    _, scores = backend.infer(pool)
     for r in results:
         assert r.header.score == pytest.approx(float(scores[r.header.frame_index]), abs=1e-4)
 
@@ -369,13 +378,22 @@ def test_openvino_backend_agrees_with_onnxruntime(board_model, backend, tmp_path
         assert_same_results(ov_backend, backend)
         assert ov_backend.parallel_calls == requests
         ov_backend.close()
-    # throughput: the daemon keeps two batches in flight, one per stream, and publishes them in order
-    ov_backend = load_backend(BackendConfig(kind="openvino", model=str(board_model[1]), threads=2, max_batch=2,
+    # throughput: the daemon keeps two batches (of one frame) in flight, one per stream, in order
+    ov_backend = load_backend(BackendConfig(kind="openvino", model=str(board_model[1]), threads=2, max_batch=1,
                                             openvino={"hint": "throughput", "streams": 2}))
+    held, acquire = [], ov_backend._acquire
+
+    def acquire_and_count(want: int) -> list:
+        got = acquire(want)
+        held.append(len(ov_backend.requests) - len(ov_backend._free))  # requests held by calls right now
+        return got
+
+    ov_backend._acquire = acquire_and_count
     cfg = config(board_model[1], [camera("cam0", fps=200, pool=24, max_frames=24, defect_rate=0.3)], queues=LOSSLESS)
     daemon = Daemon(cfg, backend=ov_backend)
     assert daemon.in_flight == 2
     (results,) = run_to_end(daemon, [connect(daemon)])
+    assert max(held) == 2  # two calls ran at once
     assert [(r.header.seq, r.header.frame_index) for r in results] == [(i, i) for i in range(24)]
     cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.3, pool=24, fps=1000))
     cam.open()

@@ -62,6 +62,8 @@ class Backend(ABC):
     #: how many calls it runs side by side when they come from several threads at once (OpenVINO's
     #: streams); 1: one at a time is as fast as it gets (the daemon keeps that many batches in flight)
     parallel_calls: int = 1
+    #: whether calls may come from several threads at once at all (``backend.in_flight`` above 1)
+    thread_safe: bool = True
 
     @abstractmethod
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

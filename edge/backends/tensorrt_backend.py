@@ -75,6 +75,8 @@ def read_sidecar(engine_path: Path) -> tuple[EngineInfo, OnnxMetadata]:
 
 
 class TensorRTBackend(Backend):
+    thread_safe = False  # one execution context, stream and set of buffers: one call at a time
+
     def __init__(self, cfg: BackendConfig) -> None:
         from proad.edge.backends.cuda_memory import CudaError, HostDeviceBuffer, Stream
         from proad.kernels.trt_plugin import TensorRTUnavailable, import_tensorrt, register_plugin
