@@ -36,8 +36,10 @@ in bf16 (``openvino.precision: bf16``, where the CPU has bf16 units); ``openvino
 same graph under OpenVINO's throughput hint with two streams (``openvino.hint: throughput``: the
 daemon keeps two batches in flight, one per stream, and a batch that finds both streams free is cut
 into one part per stream); ``openvino-int8-throughput-serial`` the same with one batch at a time
-(``backend.in_flight: 1``, the daemon before in-flight batches: only the cut). The backend alone is
-always one call at a time, so a daemon that keeps two in flight can deliver more than it.
+(``backend.in_flight: 1``, the daemon before in-flight batches: only the cut);
+``onnxruntime-2-sessions`` ONNX Runtime with two one-thread sessions (``onnxruntime.sessions: 2``,
+two batches in flight). The backend alone is always one call at a time, so a daemon that keeps two
+in flight can deliver more than it.
 
 The model is the default architecture, untrained (speed does not depend on the weights); the
 daemon's threshold is set from the backend-alone scores so that a fifth of the frames are NG, as
@@ -342,6 +344,7 @@ BACKEND_OPTIONS: dict[str, dict[str, Any]] = {
     "openvino-int8-bf16": {"openvino": {"precision": "bf16"}},
     "openvino-int8-throughput": {"openvino": {"hint": "throughput", "streams": 2}},
     "openvino-int8-throughput-serial": {"openvino": {"hint": "throughput", "streams": 2}, "in_flight": 1},
+    "onnxruntime-2-sessions": {"onnxruntime": {"sessions": 2}},
 }
 
 
@@ -350,7 +353,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "openvino-int8", "torch"],
-                   choices=["onnxruntime", "openvino", "openvino-int8", "openvino-int8-bf16",
+                   choices=["onnxruntime", "onnxruntime-2-sessions", "openvino", "openvino-int8", "openvino-int8-bf16",
                             "openvino-int8-throughput", "openvino-int8-throughput-serial", "torch"])
     p.add_argument("--name", default="pipeline", help="results file stem under bench/results")
     p.add_argument("--cameras", nargs="*", type=int, default=[4, 8], help="several-camera cases (none: skip)")
@@ -377,7 +380,7 @@ def main() -> int:
                 int8 = int8 or make_int8(ckpt, onnx_path, frames, tmp)
                 kind, model = "openvino", int8
             else:
-                kind, model = name, onnx_path
+                kind, model = name.split("-")[0], onnx_path
             rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp,
                                                             BACKEND_OPTIONS.get(name))})
     data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rounds": args.rounds, "rows": rows}

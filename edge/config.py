@@ -100,6 +100,17 @@ class OpenVinoOptions(_Strict):
     )
 
 
+class OnnxRuntimeOptions(_Strict):
+    """ONNX Runtime's settings (``backend.kind: onnxruntime``)."""
+
+    sessions: int = Field(
+        1, ge=1, le=16,
+        description="independent sessions of the model, backend.threads split among them: with more than one the "
+                    "daemon keeps one batch in flight per session (more frames per second where one call does "
+                    "not keep every core busy, a few ms more per frame; README, Batches in flight in the daemon)",
+    )  # fmt: skip
+
+
 class BackendConfig(_Strict):
     kind: Literal["onnxruntime", "openvino", "torch", "tensorrt"] = "onnxruntime"
     model: str = Field(description=".onnx (onnxruntime, openvino), .pt (torch) or .engine (tensorrt)")
@@ -110,10 +121,12 @@ class BackendConfig(_Strict):
         None, ge=1, le=16,
         description="batches the daemon keeps in inference at once, each taken while the others run and "
                     "published in capture order (None: as many calls as the backend runs side by side: the "
-                    "openvino backend's infer requests, one per stream, 1 for the others; tensorrt takes only 1)",
+                    "openvino backend's infer requests, one per stream, onnxruntime's sessions, 1 for the others; "
+                    "tensorrt takes only 1)",
     )  # fmt: skip
     cuda_graphs: bool = Field(True, description="tensorrt: replay each batch size as a CUDA graph")
     openvino: OpenVinoOptions = OpenVinoOptions()
+    onnxruntime: OnnxRuntimeOptions = OnnxRuntimeOptions()
 
 
 class PublishConfig(_Strict):

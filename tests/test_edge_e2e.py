@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from proad.edge.backends import Backend, ModelLoadError, load_backend
+from proad.edge.backends.base import WorkerPool
 from proad.edge.config import BackendConfig, PipelineConfig, SyntheticSource
 from proad.edge.daemon import Daemon
 from proad.edge.ports import free_ports
@@ -358,6 +359,31 @@ def assert_same_results(a, b) -> None:
     np.testing.assert_allclose(m1, m2, atol=1e-4)
 
 
+def assert_two_in_flight(two: Backend, pool: WorkerPool, reference: Backend, onnx_path: Path) -> None:
+    """``two`` (a backend that runs two calls side by side on ``pool``, one frame a call) in the daemon:
+    two batches in flight, each frame published once, in capture order, with the reference's score."""
+    assert two.parallel_calls == 2 and two.max_batch == 1
+    cfg = config(onnx_path, [camera("cam0", fps=200, pool=24, max_frames=24, defect_rate=0.3)], queues=LOSSLESS)
+    daemon = Daemon(cfg, backend=two)
+    assert daemon.in_flight == 2
+    (results,) = run_to_end(daemon, [connect(daemon)])
+    assert pool.peak == 2  # two calls ran at once
+    assert [(r.header.seq, r.header.frame_index) for r in results] == [(i, i) for i in range(24)]
+    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.3, pool=24, fps=1000))
+    cam.open()
+    _, scores = reference.infer(np.stack([img for img, _ in cam.pool]))
+    np.testing.assert_allclose([r.header.score for r in results], scores, atol=1e-4)
+
+
+def test_onnxruntime_sessions_run_side_by_side(board_model, backend) -> None:
+    """``onnxruntime.sessions: 2``: two one-thread sessions, the same maps and scores, two batches in flight."""
+    two = load_backend(BackendConfig(model=str(board_model[1]), threads=2, max_batch=1,
+                                     onnxruntime={"sessions": 2}))
+    assert [s.get_session_options().intra_op_num_threads for s in two.sessions.workers] == [1, 1]
+    assert_same_results(two, backend)
+    assert_two_in_flight(two, two.sessions, backend, board_model[1])
+
+
 def test_openvino_backend_agrees_with_onnxruntime(board_model, backend, tmp_path: Path) -> None:
     """The same .onnx on OpenVINO's CPU plugin: same model identity, maps and scores within float error;
     a file without proad's metadata is refused with one line."""
@@ -379,26 +405,9 @@ def test_openvino_backend_agrees_with_onnxruntime(board_model, backend, tmp_path
         assert ov_backend.parallel_calls == requests
         ov_backend.close()
     # throughput: the daemon keeps two batches (of one frame) in flight, one per stream, in order
-    ov_backend = load_backend(BackendConfig(kind="openvino", model=str(board_model[1]), threads=2, max_batch=1,
-                                            openvino={"hint": "throughput", "streams": 2}))
-    held, acquire = [], ov_backend._acquire
-
-    def acquire_and_count(want: int) -> list:
-        got = acquire(want)
-        held.append(len(ov_backend.requests) - len(ov_backend._free))  # requests held by calls right now
-        return got
-
-    ov_backend._acquire = acquire_and_count
-    cfg = config(board_model[1], [camera("cam0", fps=200, pool=24, max_frames=24, defect_rate=0.3)], queues=LOSSLESS)
-    daemon = Daemon(cfg, backend=ov_backend)
-    assert daemon.in_flight == 2
-    (results,) = run_to_end(daemon, [connect(daemon)])
-    assert max(held) == 2  # two calls ran at once
-    assert [(r.header.seq, r.header.frame_index) for r in results] == [(i, i) for i in range(24)]
-    cam = SyntheticCamera(SyntheticSource(category="board", defect_rate=0.3, pool=24, fps=1000))
-    cam.open()
-    _, scores = backend.infer(np.stack([img for img, _ in cam.pool]))
-    np.testing.assert_allclose([r.header.score for r in results], scores, atol=1e-4)
+    two = load_backend(BackendConfig(kind="openvino", model=str(board_model[1]), threads=2, max_batch=1,
+                                     openvino={"hint": "throughput", "streams": 2}))
+    assert_two_in_flight(two, two.requests, backend, board_model[1])
     import onnx
 
     bare = onnx.load(str(board_model[1]))

@@ -10,8 +10,10 @@ one line that says what to do.
 from __future__ import annotations
 
 import json
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -92,3 +94,35 @@ def pad_batch(images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
     if not fixed_batch or n == fixed_batch:
         return images
     return np.concatenate([images, np.zeros((fixed_batch - n, *images.shape[1:]), np.uint8)])
+
+
+W = TypeVar("W")
+
+
+class WorkerPool(Generic[W]):
+    """The runners a backend runs calls on side by side (OpenVINO's infer requests, ONNX Runtime's
+    sessions), handed to calls from several threads: a call takes the free ones it can use, at
+    least one (waiting for it), and gives them back."""
+
+    def __init__(self, workers: list[W]) -> None:
+        self.workers = list(workers)
+        self._free = list(workers)
+        self._freed = threading.Condition()
+        self.peak = 0  # the most workers calls held at once
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def acquire(self, want: int) -> list[W]:
+        """Up to ``want`` free workers, at least one."""
+        with self._freed:
+            while not self._free:
+                self._freed.wait()
+            held, self._free = self._free[:want], self._free[want:]
+            self.peak = max(self.peak, len(self.workers) - len(self._free))
+            return held
+
+    def release(self, held: list[W]) -> None:
+        with self._freed:
+            self._free.extend(held)
+            self._freed.notify_all()

@@ -2,16 +2,21 @@
 
 Reads the model's identity and thresholds from the graph's metadata (written by ``proad-export``),
 so a foreign ONNX file is refused at start rather than producing numbers nobody can interpret.
+
+``onnxruntime.sessions: N`` loads the model N times with ``threads`` split among them: one small
+call does not keep two cores busy, so the daemon then keeps one batch in flight per session, each
+call running on a free one (README, "Batches in flight in the daemon").
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata
-from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError, check_plain_graph, pad_batch
+from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError, WorkerPool, check_plain_graph, pad_batch
 from proad.edge.config import BackendConfig
 
 
@@ -29,18 +34,22 @@ class OnnxRuntimeBackend(Backend):
             raise ModelLoadError(f"device 'cuda' asked for, but this onnxruntime has no CUDA provider ({available})")
         use_cuda = cfg.device in ("cuda", "auto") and "CUDAExecutionProvider" in available
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+        count = cfg.onnxruntime.sessions
         options = ort.SessionOptions()
-        if cfg.threads:
-            options.intra_op_num_threads = cfg.threads
+        if cfg.threads or count > 1:  # several sessions share the threads (ONNX Runtime's own default: the cores)
+            options.intra_op_num_threads = max(1, (cfg.threads or os.cpu_count() or 1) // count)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # no busy-waiting between ops: on a small CPU the spinning threads would take the cores the
         # capture and publish threads need
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            sessions = [ort.InferenceSession(str(path), options, providers=providers) for _ in range(count)]
         except Exception as exc:
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0][:200]}") from exc
+        self.session = sessions[0]
+        self.sessions = WorkerPool(sessions)
+        self.parallel_calls = count
         props = self.session.get_modelmeta().custom_metadata_map
         try:
             meta = OnnxMetadata.from_props(props)
@@ -58,5 +67,9 @@ class OnnxRuntimeBackend(Backend):
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
-        amap, score = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pad_batch(images, self.fixed_batch)})
+        (session,) = self.sessions.acquire(1)
+        try:
+            amap, score = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pad_batch(images, self.fixed_batch)})
+        finally:
+            self.sessions.release([session])
         return amap[:n], score[:n]

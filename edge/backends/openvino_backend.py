@@ -22,14 +22,13 @@ with its int8 kernels (README, "int8"); ``precision`` then applies to the parts 
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from proad.artifacts import INPUT_NAME, OUTPUT_NAMES, OnnxMetadata
-from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError, check_plain_graph, pad_batch
+from proad.edge.backends.base import Backend, ModelInfo, ModelLoadError, WorkerPool, check_plain_graph, pad_batch
 from proad.edge.config import BackendConfig
 
 
@@ -74,34 +73,19 @@ class OpenVinoBackend(Backend):
         # one request per stream (1 under the latency hint unless streams are set), each running its part
         # of a batch or another thread's call; a fixed-batch graph cannot be cut, so a call runs it on one
         parallel = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.requests = [self.compiled.create_infer_request() for _ in range(max(1, parallel))]
+        self.requests = WorkerPool([self.compiled.create_infer_request() for _ in range(max(1, parallel))])
         self.parallel_calls = len(self.requests)
-        self._free = list(self.requests)  # requests no call holds (calls may come from several threads)
-        self._freed = threading.Condition()
         self.outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
         self.info = ModelInfo.from_metadata(meta, str(path), "openvino", "cpu")
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
         batch = pad_batch(images, self.fixed_batch)
-        held = self._acquire(1 if self.fixed_batch else len(batch))
+        held = self.requests.acquire(1 if self.fixed_batch else len(batch))
         try:
             return self._run(held, batch, n)
         finally:
-            self._release(held)
-
-    def _acquire(self, want: int) -> list[Any]:
-        """Up to ``want`` free requests, at least one (waits for it)."""
-        with self._freed:
-            while not self._free:
-                self._freed.wait()
-            held, self._free = self._free[:want], self._free[want:]
-            return held
-
-    def _release(self, held: list[Any]) -> None:
-        with self._freed:
-            self._free.extend(held)
-            self._freed.notify_all()
+            self.requests.release(held)
 
     def _run(self, held: list[Any], batch: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``batch`` cut into one part per held request, run at once."""
