@@ -279,9 +279,9 @@ def main() -> int:
                 for name, run in speed_runs.items():
                     rounds[name].append(rate(run, images, args.seconds / args.rounds))
             med = {name: float(np.median(v)) for name, v in rounds.items()}
-            ort = rounds["ONNX Runtime fp32"]
+            base = rounds["ONNX Runtime fp32"]
             # each round's rate over ONNX Runtime's in the same round: the machine's drift between rounds cancels
-            paired = {n: float(np.median([a / b for a, b in zip(v, ort, strict=True)])) for n, v in rounds.items()}
+            paired = {n: float(np.median([a / b for a, b in zip(v, base, strict=True)])) for n, v in rounds.items()}
             speed.append({"batch": batch, "img_s": med, "rounds": rounds,
                           "ratio_to_ort_fp32": {n: v / med["ONNX Runtime fp32"] for n, v in med.items()},
                           "paired_ratio_to_ort_fp32": paired})

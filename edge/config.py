@@ -122,11 +122,18 @@ class BackendConfig(_Strict):
         description="batches the daemon keeps in inference at once, each taken while the others run and "
                     "published in capture order (None: as many calls as the backend runs side by side: the "
                     "openvino backend's infer requests, one per stream, onnxruntime's sessions, 1 for the others; "
-                    "tensorrt takes only 1)",
+                    "more than that only overlaps taking batches with inference; tensorrt takes only 1)",
     )  # fmt: skip
     cuda_graphs: bool = Field(True, description="tensorrt: replay each batch size as a CUDA graph")
     openvino: OpenVinoOptions = OpenVinoOptions()
     onnxruntime: OnnxRuntimeOptions = OnnxRuntimeOptions()
+
+    @model_validator(mode="after")
+    def _threads_for_sessions(self) -> BackendConfig:
+        if self.threads is not None and self.threads < self.onnxruntime.sessions:
+            raise ValueError(f"onnxruntime.sessions {self.onnxruntime.sessions} needs at least as many threads "
+                             f"(threads: {self.threads})")
+        return self
 
 
 class PublishConfig(_Strict):

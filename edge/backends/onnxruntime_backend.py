@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,16 +36,14 @@ class OnnxRuntimeBackend(Backend):
         use_cuda = cfg.device in ("cuda", "auto") and "CUDAExecutionProvider" in available
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         count = cfg.onnxruntime.sessions
-        options = ort.SessionOptions()
-        if cfg.threads or count > 1:  # several sessions share the threads (ONNX Runtime's own default: the cores)
-            options.intra_op_num_threads = max(1, (cfg.threads or os.cpu_count() or 1) // count)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # no busy-waiting between ops: on a small CPU the spinning threads would take the cores the
-        # capture and publish threads need
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        if cfg.threads is None and count == 1:
+            split = [0]  # ONNX Runtime's own default: the physical cores
+        else:  # the sessions share the threads (unset: the CPUs this process may use), the first ones the leftover
+            total = max(count, cfg.threads or len(os.sched_getaffinity(0)))
+            split = [total // count + (i < total % count) for i in range(count)]
+        settings = [self._options(ort, threads) for threads in split]
         try:
-            sessions = [ort.InferenceSession(str(path), options, providers=providers) for _ in range(count)]
+            sessions = [ort.InferenceSession(str(path), options, providers=providers) for options in settings]
         except Exception as exc:
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0][:200]}") from exc
         self.session = sessions[0]
@@ -64,6 +63,24 @@ class OnnxRuntimeBackend(Backend):
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
         self.max_batch = self.fixed_batch or cfg.max_batch
         self.info = ModelInfo.from_metadata(meta, str(path), "onnxruntime", "cuda" if use_cuda else "cpu")
+
+    @staticmethod
+    def _options(ort: Any, threads: int) -> Any:
+        """A session's options: ``threads`` intra-op threads (0: ONNX Runtime's default)."""
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # no busy-waiting between ops: on a small CPU the spinning threads would take the cores the
+        # capture and publish threads need
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        return options
+
+    def warmup(self) -> None:
+        """One inference on each session, so no first real frame lands on a cold one."""
+        for _ in self.sessions.workers:
+            super().warmup()
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
