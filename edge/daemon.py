@@ -11,9 +11,9 @@ Threads joined by bounded queues, data flowing one way:
   (the heavy work releases the GIL); a tiled camera's frame (``cameras[].tiles`` or the model's
   tiling of its category, :mod:`proad.data.tiling`) is cut into its tiles there and its map
   stitched back, exactly as the model's training pictures were. A backend that runs calls side by
-  side (OpenVINO's streams) gets one such thread per call it can run (``backend.in_flight``): each
-  takes its batch while the others infer, and hands its results on in the order the batches were
-  taken, so every camera's results stay in capture order;
+  side (OpenVINO's streams, ONNX Runtime's sessions) gets one such thread per call it can run
+  (``backend.in_flight``): each takes its batch while the others infer, and hands its results on
+  in the order the batches were taken, so every camera's results stay in capture order;
 - one **output** thread thresholds, encodes and publishes each result in order, giving each camera
   contiguous ``seq`` numbers; an NG is first written to the spool (when the NG channel is on), so
   every NG anyone saw is on disk; with the fail-safe on, it also publishes the fail-safe NG of any
