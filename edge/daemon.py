@@ -83,10 +83,11 @@ class Daemon:
         spool directory fails at start with one line (and what was already opened is closed)."""
         self.cfg = cfg
         self.backend = backend if backend is not None else load_backend(cfg.backend)
-        if (cfg.backend.in_flight or 1) > 1 and not self.backend.thread_safe:
+        self.in_flight = cfg.backend.in_flight or self.backend.parallel_calls
+        if self.in_flight > 1 and not self.backend.thread_safe:
             if backend is None:
                 self.backend.close()
-            raise ModelLoadError(f"backend.in_flight {cfg.backend.in_flight}: the {self.backend.info.backend} backend "
+            raise ModelLoadError(f"backend.in_flight {self.in_flight}: the {self.backend.info.backend} backend "
                                  "runs one call at a time; set backend.in_flight to 1")
         info = self.backend.info
         self.run_id = secrets.token_hex(4)
@@ -119,7 +120,6 @@ class Daemon:
         self.capture_threads = [
             threading.Thread(target=self._capture, args=(c,), name=f"capture-{c.id}", daemon=True) for c in cfg.cameras
         ]
-        self.in_flight = cfg.backend.in_flight or self.backend.parallel_calls
         self.infer_threads = [threading.Thread(target=self._infer, name=f"inference-{i}", daemon=True)
                               for i in range(self.in_flight)]
         self._taking = threading.Lock()  # one thread takes a batch at a time and numbers it

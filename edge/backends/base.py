@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -113,16 +115,17 @@ class WorkerPool(Generic[W]):
     def __len__(self) -> int:
         return len(self.workers)
 
-    def acquire(self, want: int) -> list[W]:
-        """Up to ``want`` free workers, at least one."""
+    @contextmanager
+    def holding(self, want: int) -> Iterator[list[W]]:
+        """Inside: up to ``want`` free workers, at least one (waits for it); given back on leaving."""
         with self._freed:
             while not self._free:
                 self._freed.wait()
             held, self._free = self._free[:want], self._free[want:]
             self.peak = max(self.peak, len(self.workers) - len(self._free))
-            return held
-
-    def release(self, held: list[W]) -> None:
-        with self._freed:
-            self._free.extend(held)
-            self._freed.notify_all()
+        try:
+            yield held
+        finally:
+            with self._freed:
+                self._free.extend(held)
+                self._freed.notify_all()

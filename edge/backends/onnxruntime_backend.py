@@ -48,7 +48,7 @@ class OnnxRuntimeBackend(Backend):
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0][:200]}") from exc
         self.session = sessions[0]
         self.sessions = WorkerPool(sessions)
-        self.parallel_calls = count
+        self.parallel_calls = len(self.sessions)
         props = self.session.get_modelmeta().custom_metadata_map
         try:
             meta = OnnxMetadata.from_props(props)
@@ -84,9 +84,6 @@ class OnnxRuntimeBackend(Backend):
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
-        (session,) = self.sessions.acquire(1)
-        try:
+        with self.sessions.holding(1) as (session,):
             amap, score = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pad_batch(images, self.fixed_batch)})
-        finally:
-            self.sessions.release([session])
         return amap[:n], score[:n]

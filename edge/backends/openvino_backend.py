@@ -81,11 +81,8 @@ class OpenVinoBackend(Backend):
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
         batch = pad_batch(images, self.fixed_batch)
-        held = self.requests.acquire(1 if self.fixed_batch else len(batch))
-        try:
+        with self.requests.holding(1 if self.fixed_batch else len(batch)) as held:
             return self._run(held, batch, n)
-        finally:
-            self.requests.release(held)
 
     def _run(self, held: list[Any], batch: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``batch`` cut into one part per held request, run at once."""
