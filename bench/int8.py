@@ -59,6 +59,7 @@ from proad.export.quantize import (
     export_settings,
     first_feature_block,
     float_nodes,
+    int8_forms,
     nncf_quantize,
     node_scope,
     quantize,
@@ -81,9 +82,10 @@ SETTINGS: dict[str, Callable[[], dict[str, Any]]] = {
     "full-bias-correction": lambda: {"fast_bias_correction": False},  # NNCF's slower, layer-wise correction
     "no-bias-correction": lambda: _advanced(disable_bias_correction=True),
 }
-#: What a ``--settings`` candidate keeps in float: the shipped choice, only the map tail (the whole
-#: encoder int8), the tail and the encoder's stem (its blocks int8), or the shipped choice less block
-#: 1's 1x1 convolutions or less all of block 1 (those int8: README, "Which of block 1's convolutions").
+#: What a ``--settings`` candidate keeps in float: the form the export wrote, only the map tail (the
+#: whole encoder int8), the tail and the encoder's stem (its blocks int8), or the export's fallback
+#: form (int8 from the first feature level, the only form before 2026-12-05) less block 1's 1x1
+#: convolutions or less all of block 1 (those int8: README, "Which of block 1's convolutions").
 KEPT_FLOAT = ("default", "tail", "tail+stem", "default-block1-1x1", "default-block1")
 
 
@@ -180,15 +182,14 @@ def main() -> int:
         first = first_feature_block(model)
         proto = onnx.load(str(fp32))
         scopes = {node.name: node_scope(node) for node in proto.graph.node}
-        shipped = float_nodes(proto, first)  # what the export keeps in float
-        tail = [n for n in shipped if "model.encoder." not in scopes[n] and "model.input_norm" not in scopes[n]]
-        kept = {"default": shipped, "tail": tail,
-                "tail+stem": [n for n in shipped if n in tail or "blocks." not in scopes[n]]}
+        fallback = float_nodes(proto, first)  # the export's form when the faster one is refused: int8 from blocks.2
+        tail = [n for n in fallback if "model.encoder." not in scopes[n] and "model.input_norm" not in scopes[n]]
+        kept = {"tail": tail, "tail+stem": [n for n in fallback if n in tail or "blocks." not in scopes[n]]}
         weights = {w.name: list(w.dims) for w in proto.graph.initializer}
         block1 = {n.name for n in proto.graph.node if n.op_type == "Conv" and "body.blocks.1." in scopes[n.name]}
         pointwise = {n.name for n in proto.graph.node if n.name in block1 and weights.get(n.input[1], [])[2:] == [1, 1]}
-        kept["default-block1-1x1"] = [n for n in shipped if n not in pointwise]
-        kept["default-block1"] = [n for n in shipped if n not in block1]
+        kept["default-block1-1x1"] = [n for n in fallback if n not in pointwise]  # "default": the form before
+        kept["default-block1"] = [n for n in fallback if n not in block1]  # 2026-12-05, the fallback now
         per_cat = ckpt.train_info.get("category_thresholds") or {}
         inputs = calibration_images(calibration, cfg, 128, ckpt.category_tiles, list(per_cat))  # as quantize()
         calib, check = inputs.split()
@@ -198,11 +199,15 @@ def main() -> int:
             export_verdict: dict[str, Any] = quantize(fp32, Path(tmp) / "int8.onnx", calibration, first,
                                                       images=inputs).to_dict()
             default = onnx.load(str(Path(tmp) / "int8.onnx"))
-        except ExportError as exc:  # refused: the same form quantized here, measured all the same
+        except ExportError as exc:  # refused: the fastest form quantized here, measured all the same
             export_verdict = {"refused": str(exc)}
-            default = nncf_quantize(proto, calib.images, shipped)
+            default = nncf_quantize(proto, calib.images, float_nodes(proto, int8_forms(first)[0]))
         quant_seconds = time.perf_counter() - t0
+        kept["default"] = float_nodes(proto, export_verdict.get("int8_from_block", int8_forms(first)[0]))
         graphs = {"OpenVINO fp32": proto, "OpenVINO int8 (default)": default}
+        if kept["default"] != fallback:  # the export's fallback form, measured beside it
+            graphs["OpenVINO int8, encoder int8 from its first level (the export's fallback)"] = nncf_quantize(
+                proto, calib.images, fallback)
         graphs["OpenVINO int8, encoder all int8 (lost)"] = nncf_quantize(proto, calib.images, tail)
         graphs["OpenVINO int8, everything int8 (lost)"] = nncf_quantize(proto, calib.images, [])
         for setting, floats in args.settings:

@@ -21,6 +21,7 @@ from proad.export.quantize import (  # noqa: E402 - after the skips: nncf is opt
     compare,
     first_feature_block,
     float_nodes,
+    int8_forms,
     node_scope,
     quantize,
     runner,
@@ -50,6 +51,14 @@ def test_the_map_tail_and_the_encoder_stem_stay_float(fp32: tuple[Path, Path]) -
         scope = node_scope(node)
         if any(f"blocks.{b}." in scope for b in (2, 3, 4)) or "model.layers." in scope or "model.heads." in scope:
             assert node.name not in keep, (node.name, scope)
+    # the faster form, tried first: only the stem and block 0 stay float in the encoder, block 1 is int8 too
+    assert int8_forms(first) == [1, 2]
+    faster = set(float_nodes(proto, 1))
+    assert faster < keep
+    assert all("blocks.1." in node_scope(by_name[n]) for n in keep - faster)
+    assert any("blocks.0." in node_scope(by_name[n]) for n in faster)
+    assert any("model.encoder.body.bn1" in node_scope(by_name[n]) for n in faster)  # the stem (its BN fused)
+    assert {"TopK", "MatMul"} <= {by_name[name].op_type for name in faster}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +95,11 @@ def test_int8_export_writes_a_checked_qdq_graph_the_openvino_backend_runs(
     assert check["calibration_images"] == 18 and check["check_images"] == 6  # 24 train images, every 4th held out
     assert check["score_error_rel"] <= check["tolerance"]["score_error_rel"]
     assert check["score_shift_rel"] <= check["tolerance"]["score_shift_rel"]
+    # the form written is the fastest the check accepted; a faster one it refused says why
+    assert check["int8_from_block"] in int8_forms(2)
+    assert len(check["faster_forms_refused"]) == int8_forms(2).index(check["int8_from_block"])
+    written = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(written["quantization"])["int8_from_block"] == check["int8_from_block"]
 
     images = sample_images(meta.image_size, 3)
     reference = runner(onnx.load(str(fp32_path)))(images)
@@ -109,11 +123,14 @@ def test_int8_beyond_tolerance_is_refused_and_nothing_written(fp32: tuple[Path, 
     ckpt, fp32_path = fp32
     model, _ = load_model(ckpt)
     out = tmp_path / "refused.onnx"
-    with pytest.raises(ExportError, match="refused"):
+    with pytest.raises(ExportError, match="refused") as refused:
         quantize(fp32_path, out, [tiny_data / c / "train" / "good" for c in ("marble", "board")],
                  first_feature_block(model), count=16,
                  tolerance={"score_error_rel": 0.0})
     assert not out.exists() and not list(tmp_path.iterdir())
+    # every form was tried, the fastest first, and the message says why each was refused
+    message = str(refused.value)
+    assert 0 <= message.index("encoder int8 from blocks.1: score error") < message.index("from blocks.2: score error")
 
 
 def test_compare_measures_what_moved() -> None:
