@@ -4,13 +4,16 @@ and what it costs (issue 16).
 For a trained checkpoint (one model for the real categories in ``../shared/data``):
 
 1. exports the fp32 graph and the int8 graph exactly as ``proad-export onnx [--precision int8
-   --calibration <each category's train/good>]`` does, plus the int8 forms that lost (measured
-   and kept in the report, never the default): ``encoder all int8`` (only the map tail in float)
+   --calibration <each category's train/good>]`` does (the "default" row: the first of its forms,
+   int8 from block 1 or the fallback, that its check accepts; the report says which), the
+   fallback form beside it when the export wrote the faster one, plus the int8 forms that lost
+   (measured and kept in the report, never the default): ``encoder all int8`` (only the map tail in float)
    and ``everything int8`` (nothing kept in float); with ``--bf16`` also the fp32 and default int8
    graphs with OpenVINO's bf16 for what runs in float (``openvino.precision: bf16``); with
    ``--settings SETTING:FLOAT ...`` also graphs quantized with other NNCF settings (:data:`SETTINGS`)
    and another choice of what stays in float (:data:`KEPT_FLOAT`), e.g. ``min-max:default`` (the
-   export's float parts with min-max activation ranges, the export's form until 2026-12-03);
+   export's written float parts with min-max activation ranges; min-max was the export's until
+   2026-12-03, with the fallback's float parts);
    the lost forms and the default use the export's settings (``proad.export.quantize.export_settings``);
 2. **accuracy**: every real category's test set through each graph in OpenVINO (what the daemon's
    ``backend.kind: openvino`` runs), scored by :func:`proad.evaluate.evaluate` (image AUROC,
@@ -195,7 +198,7 @@ def main() -> int:
         calib, check = inputs.split()
         limits = check.thresholds(ckpt.threshold, per_cat)
         t0 = time.perf_counter()
-        try:  # the export itself: it writes the default form, or refuses it
+        try:  # the export itself: it writes the first of its forms its check accepts, or refuses them all
             export_verdict: dict[str, Any] = quantize(fp32, Path(tmp) / "int8.onnx", calibration, first,
                                                       images=inputs).to_dict()
             default = onnx.load(str(Path(tmp) / "int8.onnx"))
@@ -316,8 +319,10 @@ def main() -> int:
         f"category's threshold; tolerance: score error {TOLERANCE['score_error_rel']:.0%}, map error (99.9th pct) "
         f"{TOLERANCE['map_error_rel_p999']:.0%} of the threshold, rank agreement at least "
         f"{TOLERANCE['rank_agreement_min']:.2f}). "
-        f"The export {'refused' if 'refused' in export_verdict else 'wrote'} the default form. "
-        f"Bar: at most {BAR['image_auroc']} image AUROC and {BAR['aupro']} AUPRO lost on every category.",
+        + ("The export refused every form. " if "refused" in export_verdict else
+           f"The export wrote the encoder int8 from blocks.{export_verdict['int8_from_block']}"
+           + "".join(f" (refused first: {why})" for why in export_verdict["faster_forms_refused"]) + ". ")
+        + f"Bar: at most {BAR['image_auroc']} image AUROC and {BAR['aupro']} AUPRO lost on every category.",
         "",
         "| graph | " + " | ".join(f"{c} img AUROC / px AUROC / AUPRO / missed / rejected" for c in cats)
         + " | within bar | proad-export's check on held-out normal images |",

@@ -8,7 +8,8 @@ exactly as ``proad-export onnx`` does, once with the shipped tail and once with 
 (``ProAD.anomaly_map_steps``, the reference the tests compare it with), checks that both graphs give
 the same maps, and times the whole model at batch 1 and 8, interleaved (``--rounds`` rounds, medians):
 ONNX Runtime fp32, OpenVINO fp32 (the daemon's ``backend.kind: openvino``) and OpenVINO int8 (the
-export's int8 form, calibrated here on rendered images: its speed, not its accuracy, which
+export's int8 form as it was when this was measured, blocks 0-1 in float, its fallback form since
+2026-12-05; calibrated here on rendered images: its speed, not its accuracy, which
 ``bench/int8.py`` measures on real images)::
 
     python bench/map_tail.py [--rounds 5] [--seconds 4] [--threads 2]   # bench/results/map_tail.{json,md}
@@ -64,7 +65,7 @@ def main() -> int:
     graphs["steps"] = build_onnx(model, ckpt)
     calibration = list(sample_images(model.cfg.image_size, 16))
     first = first_feature_block(model)
-    print("quantizing both graphs (the export's int8 form) ...", flush=True)
+    print("quantizing both graphs (the export's fallback int8 form) ...", flush=True)
     int8 = {tail: nncf_quantize(g, calibration, float_nodes(g, first)) for tail, g in graphs.items()}
 
     runs: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}

@@ -98,8 +98,13 @@ def test_int8_export_writes_a_checked_qdq_graph_the_openvino_backend_runs(
     # the form written is the fastest the check accepted; a faster one it refused says why
     assert check["int8_from_block"] in int8_forms(2)
     assert len(check["faster_forms_refused"]) == int8_forms(2).index(check["int8_from_block"])
-    written = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    graph = onnx.load(str(out))
+    written = {p.key: p.value for p in graph.metadata_props}
     assert json.loads(written["quantization"])["int8_from_block"] == check["int8_from_block"]
+    fp32_proto = onnx.load(str(fp32_path))
+    assert check["float_nodes"] == len(float_nodes(fp32_proto, check["int8_from_block"]))
+    assert rounded_convs(graph, fp32_proto, "blocks.1.") == (check["int8_from_block"] == 1)
+    assert not rounded_convs(graph, fp32_proto, "blocks.0.") and rounded_convs(graph, fp32_proto, "blocks.2.")
 
     images = sample_images(meta.image_size, 3)
     reference = runner(onnx.load(str(fp32_path)))(images)
@@ -110,6 +115,51 @@ def test_int8_export_writes_a_checked_qdq_graph_the_openvino_backend_runs(
     assert np.abs(score - reference[1]).max() < 0.25 * meta.threshold  # int8 of this model, not another one
     with pytest.raises(ModelLoadError, match=r"backend\.kind openvino"):
         load_backend(BackendConfig(kind="onnxruntime", model=str(out)))
+
+
+def rounded_convs(quantized: onnx.ModelProto, fp32_proto: onnx.ModelProto, block: str) -> bool:
+    """Whether the convolutions of the encoder's ``block`` (e.g. ``"blocks.1."``) take int8 weights in
+    ``quantized`` (through a DequantizeLinear); False when they all take float ones. Asserts it is all or none."""
+    names = {n.name for n in fp32_proto.graph.node if n.op_type == "Conv" and f"encoder.body.{block}" in node_scope(n)}
+    assert names
+    producers = {o: n.op_type for n in quantized.graph.node for o in n.output}
+    int8 = {n.name: producers.get(n.input[1]) == "DequantizeLinear" for n in quantized.graph.node if n.name in names}
+    assert set(int8) == names and len(set(int8.values())) == 1, int8
+    return next(iter(int8.values()))
+
+
+def test_a_refused_faster_form_falls_back_to_the_next(fp32: tuple[Path, Path], tiny_data: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check refuses the first form (its measured score error is reported beyond tolerance): the
+    export writes the next form, with that form's own thresholds, and says why the first was refused."""
+    import proad.export.quantize as quantize_module
+
+    ckpt, fp32_path = fp32
+    model, _ = load_model(ckpt)
+    measured = quantize_module.compare
+    calls: list[dict[str, float]] = []
+
+    def first_form_refused(*args: object, **kwargs: object) -> dict[str, float]:
+        found = measured(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(found)
+        return {**found, "score_error_rel": 1.0} if len(calls) == 1 else found
+
+    monkeypatch.setattr(quantize_module, "compare", first_form_refused)
+    out = tmp_path / "fallback.onnx"
+    report = quantize(fp32_path, out, [tiny_data / c / "train" / "good" for c in ("marble", "board")],
+                      first_feature_block(model), count=16)
+    assert len(calls) == 2 and report.int8_from_block == 2
+    assert len(report.faster_forms_refused) == 1 and "blocks.1: score error 100.0%" in report.faster_forms_refused[0]
+    fp32_proto, graph = onnx.load(str(fp32_path)), onnx.load(str(out))
+    assert report.float_nodes == len(float_nodes(fp32_proto, 2))
+    assert not rounded_convs(graph, fp32_proto, "blocks.1.") and rounded_convs(graph, fp32_proto, "blocks.2.")
+    fp32_meta, meta = read_metadata(fp32_path), read_metadata(out)
+    assert meta.threshold == pytest.approx(fp32_meta.threshold + report.score_offset, abs=1e-6)
+    for category, threshold in fp32_meta.category_thresholds.items():
+        assert meta.category_thresholds[category] == pytest.approx(
+            threshold + report.category_score_offsets.get(category, report.score_offset), abs=1e-6)
+    recorded = json.loads({p.key: p.value for p in graph.metadata_props}["quantization"])
+    assert recorded["int8_from_block"] == 2 and recorded["faster_forms_refused"] == report.faster_forms_refused
 
 
 def test_build_engine_refuses_an_int8_graph(int8: tuple[Path, dict], tmp_path: Path) -> None:
@@ -130,7 +180,7 @@ def test_int8_beyond_tolerance_is_refused_and_nothing_written(fp32: tuple[Path, 
     assert not out.exists() and not list(tmp_path.iterdir())
     # every form was tried, the fastest first, and the message says why each was refused
     message = str(refused.value)
-    assert 0 <= message.index("encoder int8 from blocks.1: score error") < message.index("from blocks.2: score error")
+    assert message.index("encoder int8 from blocks.1: score error") < message.index("from blocks.2: score error")
 
 
 def test_compare_measures_what_moved() -> None:
