@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +31,18 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, real_roots, write_results
+from common import machine, real_roots, throughput, write_results
 from proad.checkpoint import load_model
 from proad.export.onnx_export import export_onnx
 from proad.export.quantize import (
     TOLERANCE,
-    QuantReport,
     calibration_images,
-    compare,
     first_feature_block,
     float_nodes,
+    judge,
     nncf_quantize,
     node_scope,
     runner,
-    score_offsets,
-    shift_share,
 )
 from proad.train import open_categories
 
@@ -68,7 +64,6 @@ def main() -> int:
     inputs = calibration_images([f.root / f.category / "train" / "good" for f in folders], cfg, 128,
                                 ckpt.category_tiles, list(per_cat))  # as the export reads them
     calib, check = inputs.split()
-    limits = check.thresholds(ckpt.threshold, per_cat)
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(args.checkpoint, Path(tmp) / "fp32.onnx")
         proto = onnx.load(str(Path(tmp) / "fp32.onnx"))
@@ -98,23 +93,16 @@ def main() -> int:
     for name, extra in rounded.items():
         graph = nncf_quantize(proto, calib.images, [n for n in fallback if n not in extra])
         runs[name] = runner(graph, args.threads)
-        offsets = score_offsets(reference, runs[name], calib)
-        found = compare(reference, runs[name], check.images, limits, offsets=check.shifts(*offsets, per_cat))
-        report = QuantReport(Path(name), "nncf", "openvino", len(calib.images), len(check.images), 0, **found,
-                             score_offset=offsets[0], category_score_offsets=offsets[1],
-                             score_shift_rel=shift_share(ckpt.threshold, per_cat, *offsets))  # fmt: skip
+        report = judge(reference, runs[name], calib, check, ckpt.threshold, per_cat)  # the export's check
+        found = {k: getattr(report, k) for k in ("score_error_rel", "map_error_rel_max", "map_error_rel_p999",
+                                                 "rank_agreement", "decision_flips")}  # fmt: skip
         forms[name] = {**found, "score_shift_rel": report.score_shift_rel, "refused": report.failures(),
                        "nodes_rounded": sorted(extra)}
         print(name, "refused" if report.failures() else "accepted", found, flush=True)
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
-            run(x)
-            t0, done = time.perf_counter(), 0
-            while time.perf_counter() - t0 < args.seconds:
-                run(x)
-                done += len(x)
-            rates[name].append(done / (time.perf_counter() - t0))
+            rates[name].append(throughput(run, x, args.seconds))
     base = rates[next(iter(rates))]
     for name, v in rates.items():
         forms[name]["batch8_img_s"] = float(np.median(v))

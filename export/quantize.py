@@ -428,6 +428,36 @@ def compare(
     }
 
 
+def judge(
+    reference: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+    candidate: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+    calib: CalibrationSet,
+    check: CalibrationSet,
+    threshold: float,
+    category_thresholds: Mapping[str, float],
+    tolerance: Mapping[str, float] | None = None,
+    *,
+    path: Path = Path(""),
+    float_nodes: int = 0,
+    int8_from_block: int | None = None,
+    faster_forms_refused: Sequence[str] = (),
+) -> QuantReport:
+    """The export's check of one quantized graph (``candidate``) against its fp32 graph (``reference``):
+    its score shift on the ``calib`` inputs (:func:`score_offsets`), then how far it moves maps, scores
+    and order on the held-out ``check`` inputs after that shift, each relative to the threshold its
+    image is decided by (:func:`compare`). The keywords are recorded in the report as they are;
+    :meth:`QuantReport.failures` says whether it is within ``tolerance`` (:data:`TOLERANCE`)."""
+    tolerance = {**TOLERANCE, **(tolerance or {})}
+    offset, category_offsets = score_offsets(reference, candidate, calib)
+    found = compare(reference, candidate, check.images, check.thresholds(threshold, category_thresholds),
+                    margin=tolerance["score_error_rel"],
+                    offsets=check.shifts(offset, category_offsets, category_thresholds))  # fmt: skip
+    return QuantReport(path, "nncf", "openvino", len(calib.images), len(check.images), float_nodes, **found,
+                       score_offset=offset, category_score_offsets=category_offsets, tolerance=tolerance,
+                       score_shift_rel=shift_share(threshold, category_thresholds, offset, category_offsets),
+                       int8_from_block=int8_from_block, faster_forms_refused=list(faster_forms_refused))
+
+
 def first_feature_block(model: ProAD) -> int:
     """Index of the encoder block that gives the finest feature level (``blocks.2`` on Lite0)."""
     name = model.encoder.body.feature_info.module_name()[0]
@@ -482,23 +512,14 @@ def quantize(
     if images is None:
         images = enough_calibration(calibration, cfg, count, meta.category_tiles, list(meta.category_thresholds))
     calib, check = images.split()
-    tolerance = {**TOLERANCE, **(tolerance or {})}
     reference = runner(proto)
-    limits = check.thresholds(meta.threshold, meta.category_thresholds)
     refused: list[str] = []
     for start in int8_forms(first_level_block):  # the fastest form first; the first within tolerance is written
         keep = float_nodes(proto, start)
         quantized = nncf_quantize(proto, calib.images, keep)
-        candidate = runner(quantized)
-        offset, category_offsets = score_offsets(reference, candidate, calib)
-        shifts = check.shifts(offset, category_offsets, meta.category_thresholds)
-        result = compare(reference, candidate, check.images, limits, margin=tolerance["score_error_rel"],
-                         offsets=shifts)
-        report = QuantReport(Path(out), "nncf", "openvino", len(calib.images), len(check.images), len(keep), **result,
-                             score_offset=offset, category_score_offsets=category_offsets, tolerance=tolerance,
-                             score_shift_rel=shift_share(meta.threshold, meta.category_thresholds, offset,
-                                                         category_offsets),
-                             int8_from_block=start, faster_forms_refused=list(refused))  # fmt: skip
+        report = judge(reference, runner(quantized), calib, check, meta.threshold, meta.category_thresholds,
+                       tolerance, path=Path(out), float_nodes=len(keep), int8_from_block=start,
+                       faster_forms_refused=refused)  # fmt: skip
         failures = report.failures()
         if not failures:
             break
@@ -506,8 +527,8 @@ def quantize(
     else:
         raise ExportError(f"int8 graph refused on {len(check.images)} held-out normal images (OpenVINO): "
                           + " | ".join(refused) + ". Nothing was written; keep the fp32 graph")
-    threshold, category_thresholds = shifted_thresholds(meta.threshold, meta.category_thresholds, offset,
-                                                        category_offsets)  # the graph's own: fp32's plus its shift
+    threshold, category_thresholds = shifted_thresholds(  # the graph's own: fp32's plus its shift
+        meta.threshold, meta.category_thresholds, report.score_offset, report.category_score_offsets)
     props.update(meta.model_copy(update={"precision": "int8", "threshold": threshold,
                                          "category_thresholds": category_thresholds}).to_props())  # fmt: skip
     props[QUANT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "path"})

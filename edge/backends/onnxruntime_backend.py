@@ -46,19 +46,19 @@ class OnnxRuntimeBackend(Backend):
             sessions = [ort.InferenceSession(str(path), options, providers=providers) for options in settings]
         except Exception as exc:
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0][:200]}") from exc
-        self.session = sessions[0]
+        first = sessions[0]  # all alike: its metadata and inputs are the model's
         self.sessions = WorkerPool(sessions)
         self.parallel_calls = len(self.sessions)
-        props = self.session.get_modelmeta().custom_metadata_map
+        props = first.get_modelmeta().custom_metadata_map
         try:
             meta = OnnxMetadata.from_props(props)
         except ValueError as exc:
             raise ModelLoadError(f"{path}: not a proad-export ONNX model (metadata missing or invalid)") from exc
         if meta.precision == "int8":  # NNCF's QDQ MatMuls fail in ORT's fused int8 kernels; its int8 was slower
             raise ModelLoadError(f"{path} is an int8 graph: run it with backend.kind openvino (README, int8)")
-        inputs = self.session.get_inputs()
+        inputs = first.get_inputs()
         check_plain_graph(meta, path, "ONNX Runtime", [i.name for i in inputs],
-                          [o.name for o in self.session.get_outputs()])
+                          [o.name for o in first.get_outputs()])
         batch_dim = inputs[0].shape[0]
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
         self.max_batch = self.fixed_batch or cfg.max_batch
