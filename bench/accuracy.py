@@ -324,6 +324,7 @@ def compare_patchcore(
     return {
         "data": [str(d) for d in data],
         "proad": {"preset": preset, "image_size": model_cfg.image_size, "resize": model_cfg.resize,
+                  "backbone": model_cfg.backbone, "feature_levels": list(model_cfg.feature_levels),
                   "train_seconds": float(np.mean(timed)) if timed else None,
                   "iterations": first["iterations"], "shift_copies": first["shift_copies"], "bytes": first["bytes"],
                   "models": 1, "seeds": [r["seed"] for r in runs], "categories": cats, "mean": mean, "runs": runs},
@@ -363,6 +364,12 @@ def _roots(data: str | list[str]) -> str:
     return ", ".join(f"`{d}`" for d in ([data] if isinstance(data, str) else data))
 
 
+def _encoder(pro: dict[str, Any]) -> str:
+    """The frozen encoder both methods share; results written before it was recorded ran the Lite0 default."""
+    levels = pro.get("feature_levels", [2, 3])
+    return f"{pro.get('backbone', 'tf_efficientnet_lite0')}, levels {'+'.join(map(str, levels))}"
+
+
 def compare_table(data: dict[str, Any]) -> str:
     m, pro, pc = data["machine"], data["proad"], data["patchcore"]
     names = {"image_auroc": "img AUROC", "image_ap": "img AP", "image_f1_max": "img F1", "pixel_auroc": "px AUROC",
@@ -371,7 +378,7 @@ def compare_table(data: dict[str, Any]) -> str:
         "# Pro-AD vs PatchCore",
         "",
         f"{m['cpu']} ({m['cores']} cores), {m['date']}; data {_roots(data['data'])} ({_test_split(pro)}). "
-        f"Pro-AD preset `{pro.get('preset', 'fast')}`. Same frozen encoder (tf_efficientnet_lite0, levels 2+3), "
+        f"Pro-AD preset `{pro.get('preset', 'fast')}`. Same frozen encoder ({_encoder(pro)}), "
         f"same {size_text(pro.get('image_size', 256))} input, same evaluation code. "
         f"**Pro-AD: one model for all {len(pro['categories'])} categories; PatchCore: one per category** "
         f"(its memory bank holds one kind of normal), coreset {pc['coreset_ratio']:.0%}, fitted on all train/good "
@@ -400,7 +407,7 @@ def compare_table(data: dict[str, Any]) -> str:
         f"| PatchCore | {pc['models']} | {_seconds(pc.get('fit_seconds'))} (fits) | {pc['bytes'] / 2**20:.1f} MB "
         f"(memory banks) | {pc['mean']['ms_per_image']:.1f} |",
         "",
-        "Both also need the encoder's weights (the same 13 MB package), not counted above.",
+        "Both also need the encoder's weights (the same package), not counted above.",
     ]
     if len(pro.get("runs", [])) > 1:
         lines += ["", "| Pro-AD training seed | img AUROC | AUPRO | px AUROC | img AUROC per category |",

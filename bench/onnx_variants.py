@@ -30,8 +30,11 @@ from proad.config import ModelConfig
 from proad.export.onnx_export import export_onnx, sample_images
 from proad.model import ProAD
 
-#: The default before issue 14 (2026-11): what every ratio is taken against.
-BASELINE = {"feature_pool": 1}
+#: The default before issue 14 (2026-11): what every ratio is taken against. Spelled out in full, not
+#: as a difference to today's defaults, which have moved since (M = 6 without the constraint since
+#: 2026-12-04; results written before then took ``{"feature_pool": 1}`` over the M = 256 defaults).
+BASELINE = {"feature_pool": 1, "prototypes": 256, "constraint": "project", "backbone": "tf_efficientnet_lite0",
+            "image_size": 256, "dim": 128}  # fmt: skip
 
 
 def session(overrides: dict[str, Any], folder: Path, name: str, threads: int) -> Any:
