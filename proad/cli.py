@@ -144,6 +144,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-copies", type=int, help="translated copies of each training image (default 0)")
     p.add_argument("--target-false-alarm", type=float,
                    help="share of normal parts each category's threshold may reject (default 0.01)")
+    p.add_argument("--holdout-fraction", type=float,
+                   help="share of each category's train/good held out to set its threshold (default 0.1; more "
+                        "images estimate a 1 %% tail better, README: Thresholds from few held-out images)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
     return p
 
@@ -162,7 +165,7 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read --model-config {args.model_config}: {exc}") from exc
     model_fields.update(_parse_sets(args.set))
     names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every", "shift_copies",
-             "target_false_alarm")
+             "target_false_alarm", "holdout_fraction")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     model_cfg, train_cfg = preset_configs(args.preset, model_fields, given)
     train(args.data, args.out, model_cfg, train_cfg, args.categories, resume=args.resume, progress=not args.quiet,

@@ -173,7 +173,8 @@ class TrainConfig(_Strict):
     target_false_alarm: float = Field(
         0.01, gt=0, lt=0.5,
         description="share of normal parts a category's threshold may reject, judged on its held-out normal "
-                    "images: the larger of their (1 - this) quantile and the Gaussian tail bound mean + z * std",
+                    "images: the larger of their (1 - this) quantile and the Gaussian prediction bound for the next "
+                    "normal part, mean + t * s * sqrt(1 + 1/n) (proad.train.normal_threshold)",
     )  # fmt: skip
     checkpoint_every: int = Field(250, ge=1, description="iterations between resumable snapshots")
     shift_copies: int = Field(
