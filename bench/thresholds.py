@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_results
-from proad.checkpoint import load_model
+from proad.checkpoint import CheckpointError, load_model
+from proad.data.folder import DatasetError
 from proad.evaluate import predict
 from proad.train import normal_threshold, open_categories, split_holdout
 
@@ -127,14 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="thresholds")
     args = p.parse_args(argv)
 
-    model, ckpt = load_model(args.checkpoint)
-    cfg = model.cfg
+    if not 0 < args.target < 0.5 or args.draws < 1:
+        p.error("--target must be in (0, 0.5) and --draws at least 1")
+    try:  # a wrong --checkpoint or --data: say which, exit 2 (as bench/accuracy.py)
+        model, ckpt = load_model(args.checkpoint)
+        folders = open_categories(args.data, None, model.cfg.image_size, model.cfg.resize, ckpt.category_tiles)
+    except (CheckpointError, DatasetError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     fraction = float(ckpt.train_info.get("train_config", {}).get("holdout_fraction", 0.1))
     seed = int(ckpt.train_info.get("train_config", {}).get("seed", 0))
     result: dict[str, Any] = {"machine": machine(), "checkpoint": str(args.checkpoint), "target": args.target,
                               "draws": args.draws, "categories": {}}  # fmt: skip
-    for folder in tqdm(open_categories(args.data, None, cfg.image_size, cfg.resize, ckpt.category_tiles),
-                       desc="categories", unit="cat"):  # fmt: skip
+    for folder in tqdm(folders, desc="categories", unit="cat"):
         split = split_holdout(folder, fraction, seed)  # the very images training held out
         _, held, _ = predict(model, [folder.image(folder.train[i]) for i in split.holdout])
         _, scores, _ = predict(model, [folder.load(item)[0] for item in folder.test])
