@@ -32,6 +32,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,36 @@ def centred(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
+def train_decoder(
+    model: ProAD,
+    cfg: ModelConfig,
+    iterations: int,
+    seed: int,
+    train: dict[str, Any] | None,
+    batch: Callable[[np.random.Generator, int], list[torch.Tensor]],
+    desc: str,
+) -> float:
+    """``proad-train``'s optimiser, schedule and loss over the batches ``batch(rng, size)`` draws
+    (cached features of each level, fp32); the seconds it took."""
+    tcfg = TrainConfig(
+        **{"warmup": min(100, iterations // 10), **(train or {}), "iterations": iterations, "seed": seed}
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tcfg))
+    model.train()
+    t0 = time.perf_counter()
+    for step in tqdm(range(iterations), desc=desc, unit="it", leave=False):
+        feats = batch(np.random.default_rng([seed, step]), tcfg.batch_size)
+        loss, _ = proad_loss(feats, model.decode(feats), model.bank, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+    return round(time.perf_counter() - t0, 1)
+
+
 def run_variant(
     name: str,
     cfg: ModelConfig,
@@ -158,23 +189,12 @@ def run_variant(
         }
     cache = [torch.cat(level) for level in zip(*[d["train"] for d in data.values()], strict=True)]
     n = cache[0].shape[0]
-    tcfg = TrainConfig(
-        **{"warmup": min(100, iterations // 10), **(train or {}), "iterations": iterations, "seed": seed}
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tcfg))
-    model.train()
-    t0 = time.perf_counter()
-    for step in tqdm(range(iterations), desc=name, unit="it", leave=False):
-        idx = torch.from_numpy(np.random.default_rng([seed, step]).integers(0, n, tcfg.batch_size))
-        feats = [level[idx].float() for level in cache]
-        loss, _ = proad_loss(feats, model.decode(feats), model.bank, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+
+    def batch(rng: np.random.Generator, size: int) -> list[torch.Tensor]:
+        idx = torch.from_numpy(rng.integers(0, n, size))
+        return [level[idx].float() for level in cache]
+
+    seconds = train_decoder(model, cfg, iterations, seed, train, batch, name)
     result: dict[str, Any] = {
         "variant": name,
         "model_config": cfg.model_dump(mode="json"),  # in full: the defaults change (README, Presets)
@@ -183,7 +203,7 @@ def run_variant(
         "center": center,
         "iterations": iterations,
         "seed": seed,
-        "train_seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": seconds,
         "categories": {},
     }
     model.eval()
@@ -198,35 +218,42 @@ def run_variant(
             for s in range(0, d["test"][0].shape[0], 32):
                 f = [lvl[s : s + 32].float() for lvl in d["test"]]
                 maps.append(model.anomaly_map(f, model.decode(f).reconstructions))
-            m = torch.cat(maps)
-            flat = m.flatten(1)
-            top = flat.topk(max(1, round(flat.shape[1] * cfg.score_top_fraction)), dim=1).values.mean(1).numpy()
-            labels, kinds = d["labels"], np.array(d["kinds"])
-            pick = np.random.default_rng(0).choice(flat.numel(), min(400_000, flat.numel()), replace=False)
-            good = kinds == "good"
+            good = np.array(d["kinds"]) == "good"
             result["categories"][cat] = {
-                "image_auroc": round(float(roc_auc_score(labels, top)), 4),
-                "image_auroc_max": round(float(roc_auc_score(labels, flat.max(1).values.numpy())), 4),
-                "pixel_auroc": round(
-                    float(roc_auc_score(d["masks"].numpy().reshape(-1)[pick], m.numpy().reshape(-1)[pick])), 4
-                ),
-                "per_defect": {
-                    k: round(
-                        float(
-                            roc_auc_score(
-                                np.r_[np.zeros(good.sum()), np.ones((kinds == k).sum())],
-                                np.r_[top[good], top[kinds == k]],
-                            )
-                        ),
-                        3,
-                    )
-                    for k in sorted(set(kinds))
-                    if k != "good"
-                },
+                **readings(torch.cat(maps), d, cfg.score_top_fraction),
                 "train_error": reconstruction_error(model, [lvl[:96] for lvl in d["train"]]),
                 "test_error": reconstruction_error(model, [lvl[torch.from_numpy(good)][:96] for lvl in d["test"]]),
             }
     return result
+
+
+def readings(m: torch.Tensor, d: dict[str, Any], top_fraction: float) -> dict[str, Any]:
+    """Image AUROC (top ``top_fraction`` and maximum), pixel AUROC on a fixed 400,000 pixels and image
+    AUROC per defect type, of a category's test maps ``m`` ``[N, H, W]`` against ``d``'s labels and masks."""
+    flat = m.flatten(1)
+    top = flat.topk(max(1, round(flat.shape[1] * top_fraction)), dim=1).values.mean(1).numpy()
+    labels, kinds = d["labels"], np.array(d["kinds"])
+    pick = np.random.default_rng(0).choice(flat.numel(), min(400_000, flat.numel()), replace=False)
+    good = kinds == "good"
+    return {
+        "image_auroc": round(float(roc_auc_score(labels, top)), 4),
+        "image_auroc_max": round(float(roc_auc_score(labels, flat.max(1).values.numpy())), 4),
+        "pixel_auroc": round(
+            float(roc_auc_score(d["masks"].numpy().reshape(-1)[pick], m.numpy().reshape(-1)[pick])), 4
+        ),
+        "per_defect": {
+            k: round(
+                float(
+                    roc_auc_score(
+                        np.r_[np.zeros(good.sum()), np.ones((kinds == k).sum())], np.r_[top[good], top[kinds == k]]
+                    )
+                ),
+                3,
+            )
+            for k in sorted(set(kinds))
+            if k != "good"
+        },
+    }
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -251,6 +278,17 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def earlier_runs(name: str) -> list[dict[str, Any]] | None:
+    """The runs already in ``bench/results/<name>.json`` (new ones are appended), or None, said on
+    stderr, where ``../shared/data`` holds no real set to probe. Sets torch to the machine's 2 threads."""
+    if not real_roots():
+        print("no real data under ../shared/data: nothing to probe", file=sys.stderr)
+        return None
+    torch.set_num_threads(2)
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text())["runs"] if path.is_file() else []
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -270,12 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--center", action="store_true", help="subtract every level's mean training feature first")
     ap.add_argument("--name", default="probe_real", help="results file stem under bench/results")
     args = ap.parse_args(argv)
-    if not real_roots():
-        print("no real data under ../shared/data: nothing to probe", file=sys.stderr)
+    runs = earlier_runs(args.name)
+    if runs is None:
         return 2
-    torch.set_num_threads(2)
-    path = RESULTS / f"{args.name}.json"
-    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
     for spec in args.variants:
         if spec.startswith("{"):
             overrides, name = json.loads(spec), spec
