@@ -167,7 +167,10 @@ def run(cfg: ModelConfig, iterations: int, seed: int, train: dict[str, Any], are
                 size = (levels[-1].shape[-2] * strides[-1], levels[-1].shape[-1] * strides[-1])
                 if size not in sized:
                     sized[size] = ProAD(cfg.model_copy(update={"image_size": size}), encoder=model.encoder)
-                    sized[size].load_state_dict(state, strict=False)
+                    keys = sized[size].load_state_dict(state, strict=False)
+                    assert not keys.unexpected_keys and all(
+                        k.startswith(("encoder.", "input_norm.", "blur")) for k in keys.missing_keys
+                    ), keys
                     sized[size].eval()
                 net = sized[size]
                 f = [lvl.float() for lvl in levels]
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="probe_scale", help="results file stem under bench/results")
     args = ap.parse_args(argv)
     cfg = ModelConfig(**args.model)
+    if len(set(cfg.input_hw)) != 1:
+        ap.error("--model: a square image_size only (the maps are compared with the probe's square masks)")
     runs = earlier_runs(args.name)
     if runs is None:
         return 2
