@@ -52,13 +52,13 @@ from proad.train import open_categories
 STRIDE = 16  # the coarsest level's stride: padded sizes are multiples of it, crops start on it
 
 
-def category_scale(folder: MVTecFolder, side: int | None) -> float:
-    """The one scale of a category: its median training picture's area onto ``side`` squared
-    (``None``: the pictures' native scale, 1)."""
+def category_scale(shapes: list[tuple[int, ...]], side: int | None) -> float:
+    """The one scale of a category: its median training picture's area (``shapes``: each training
+    picture's ``(height, width, ...)``) onto ``side`` squared (``None``: the native scale, 1)."""
     if side is None:
         return 1.0
-    shapes = np.array([_read_raw(item.path).shape[:2] for item in folder.train])
-    h, w = np.median(shapes[:, 0]), np.median(shapes[:, 1])
+    hw = np.array([shape[:2] for shape in shapes])
+    h, w = np.median(hw[:, 0]), np.median(hw[:, 1])
     return side / math.sqrt(float(h) * float(w))
 
 
@@ -91,10 +91,10 @@ def cached_scaled(model: ProAD, cfg: ModelConfig, folder: MVTecFolder, area_side
     path = CACHE / f"{key}.pt"
     if path.is_file():
         return torch.load(path, weights_only=False)
-    scale = category_scale(folder, area_side)
-    train, test, hw = [], [], []
-    for item in folder.train:
-        train.append(scaled_padded(_read_raw(item.path), scale, side)[0])
+    raw_train = [_read_raw(item.path) for item in folder.train]  # read once: for the scale and to encode
+    scale = category_scale([img.shape for img in raw_train], area_side)
+    train = [scaled_padded(img, scale, side)[0] for img in raw_train]
+    test, hw = [], []
     masks = []
     for item in folder.test:
         img, h_w = scaled_padded(_read_raw(item.path), scale, side)
