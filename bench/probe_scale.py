@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import model_fields
-from probe_real import CACHE, earlier_runs, pooled, readings, reconstruction_error, table, train_decoder
+from probe_real import CACHE, earlier_runs, encode_raw, pooled, readings, reconstruction_error, table, train_decoder
 
 from common import machine, real_roots, write_results
 from proad.config import ModelConfig, TrainConfig
@@ -74,14 +74,9 @@ def scaled_padded(img: np.ndarray, scale: float, side: int) -> tuple[np.ndarray,
     return np.ascontiguousarray(padded), (h, w)
 
 
-@torch.no_grad()
-def encode_each(encoder_model: ProAD, images: list[np.ndarray]) -> list[list[torch.Tensor]]:
-    """Raw (unpooled) features of each picture alone, fp16, ``[1, C, h, w]`` per level."""
-    out = []
-    for img in tqdm(images, desc="encode", unit="img", leave=False):
-        feats = encoder_model.encoder(encoder_model.input_norm(torch.from_numpy(img[None])))
-        out.append([f.half() for f in feats])
-    return out
+def encode_each(model: ProAD, images: list[np.ndarray]) -> list[list[torch.Tensor]]:
+    """Raw (unpooled) features of each picture alone (their sizes differ), fp16, ``[1, C, h, w]`` per level."""
+    return [encode_raw(model, [img]) for img in tqdm(images, desc="encode", unit="img", leave=False)]
 
 
 def cached_scaled(model: ProAD, cfg: ModelConfig, folder: MVTecFolder, area_side: int | None) -> dict[str, Any]:
@@ -127,6 +122,12 @@ def random_window(
         k = STRIDE // s
         out.append(f[..., r * k : (r + n) * k, c * k : (c + n) * k])
     return out
+
+
+def window_error(model: ProAD, pictures: list[list[torch.Tensor]], strides: list[int], side: int) -> list[float]:
+    """Mean reconstruction error per level over one fixed window of each picture (picture i's from seed i)."""
+    windows = [random_window(p, strides, side, np.random.default_rng(i)) for i, p in enumerate(pictures)]
+    return reconstruction_error(model, [torch.cat(level) for level in zip(*windows, strict=True)])
 
 
 def run(cfg: ModelConfig, iterations: int, seed: int, train: dict[str, Any], area_side: int | None) -> dict[str, Any]:
@@ -176,15 +177,12 @@ def run(cfg: ModelConfig, iterations: int, seed: int, train: dict[str, Any], are
                 f = [lvl.float() for lvl in levels]
                 m = net.anomaly_map(f, net.decode(f).reconstructions)[:, :h, :w]
                 maps.append(F.interpolate(m[None], size=(side, side), mode="bilinear", align_corners=False)[0])
-            kinds = d["kinds"]
-            good_test = [p for p, k in zip(d["test"], kinds, strict=True) if k == "good"][:96]
-            windows = [random_window(p, strides, side, np.random.default_rng(i)) for i, p in enumerate(d["train"][:96])]
-            test_windows = [random_window(p, strides, side, np.random.default_rng(i)) for i, p in enumerate(good_test)]
+            good_test = [p for p, k in zip(d["test"], d["kinds"], strict=True) if k == "good"]
             result["categories"][cat] = {
                 "scale": round(d["scale"], 4),
                 **readings(torch.cat(maps), d, cfg.score_top_fraction),
-                "train_error": reconstruction_error(model, [torch.cat(lv) for lv in zip(*windows, strict=True)]),
-                "test_error": reconstruction_error(model, [torch.cat(lv) for lv in zip(*test_windows, strict=True)]),
+                "train_error": window_error(model, d["train"][:96], strides, side),
+                "test_error": window_error(model, good_test[:96], strides, side),
             }
     return result
 
