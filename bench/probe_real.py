@@ -143,9 +143,11 @@ def train_decoder(
     train: dict[str, Any] | None,
     batch: Callable[[np.random.Generator, int], list[torch.Tensor]],
     desc: str,
+    loss: Callable[..., tuple[torch.Tensor, dict[str, float]]] = proad_loss,
 ) -> float:
     """``proad-train``'s optimiser, schedule and loss over the batches ``batch(rng, size)`` draws
-    (cached features of each level, fp32); the seconds it took."""
+    (cached features of each level, fp32); the seconds it took. ``loss`` takes ``proad_loss``'s
+    place (a candidate objective; same arguments)."""
     tcfg = TrainConfig(
         **{"warmup": min(100, iterations // 10), **(train or {}), "iterations": iterations, "seed": seed}
     )
@@ -156,9 +158,9 @@ def train_decoder(
     t0 = time.perf_counter()
     for step in tqdm(range(iterations), desc=desc, unit="it", leave=False):
         feats = batch(np.random.default_rng([seed, step]), tcfg.batch_size)
-        loss, _ = proad_loss(feats, model.decode(feats), model.bank, cfg)
+        value, _ = loss(feats, model.decode(feats), model.bank, cfg)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
