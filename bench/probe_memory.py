@@ -24,7 +24,9 @@ and on Magnetic Tile it ranks the pictures better. This probe puts both readings
   Runtime beside that whole model, interleaved, and reports the model's throughput with the head.
 
 Every map is upsampled bilinearly to the input, blurred (sigma 4) and read by
-``probe_real.readings`` (top 1 %, map maximum, pixel AUROC on 400,000 fixed pixels). Results go to
+``probe_real.readings`` (top 1 %, map maximum, pixel AUROC on 400,000 fixed pixels) and by AUPRO
+(``proad.metrics.aupro``, every pixel of the 256 x 256 masks; not for the border-cut maps, whose
+zeroed border is no reading of a region). Results go to
 ``bench/results/memory_readings.{json,md}``::
 
     python bench/probe_memory.py --length-beta 0.5 --onnx model.onnx
@@ -43,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "baselines"))
@@ -52,6 +55,7 @@ from patchcore import greedy_coreset
 from common import machine, real_roots, write_results
 from proad.config import ModelConfig
 from proad.loss import proad_loss
+from proad.metrics import aupro
 from proad.model import ProAD, gaussian_kernel1d
 from proad.train import open_categories
 
@@ -128,10 +132,14 @@ def memory_map(
     return torch.cat(out)
 
 
-def memory_readings(reader: Reader) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, torch.Tensor]]]:
-    """Every memory form's test maps and held-out maps, per category."""
+FUSED_MEMORY = "memory L2, bank per category"  # the form the fused readings take
+
+
+def memory_readings(reader: Reader) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Every memory form's test maps per category, and :data:`FUSED_MEMORY`'s maps of the held-out
+    training pictures (its z-scores)."""
     forms = {
-        "memory L2, bank per category": ({"padded": True}, False, "per"),
+        FUSED_MEMORY: ({"padded": True}, False, "per"),
         "memory L2, bank per category, padding not counted": ({"padded": False}, False, "per"),
         "memory cosine distance (direction only)": ({"padded": True}, True, "per"),
         "memory L2 on unit-length levels (direction only)": ({"padded": True, "unit": True}, False, "per"),
@@ -141,7 +149,7 @@ def memory_readings(reader: Reader) -> tuple[dict[str, dict[str, torch.Tensor]],
         **{f"memory L2, one bank for all, {n:,} features": ({"padded": True}, False, n) for n in BANK_SIZES},
     }
     maps: dict[str, dict[str, torch.Tensor]] = {}
-    held: dict[str, dict[str, torch.Tensor]] = {}
+    held: dict[str, torch.Tensor] = {}
     for name, (form, cosine, banks) in forms.items():
         feats = {c: flat(embed([lvl[reader.fit[c]] for lvl in d["train"]], **form)) for c, d in reader.raw.items()}
         if cosine:
@@ -153,10 +161,11 @@ def memory_readings(reader: Reader) -> tuple[dict[str, dict[str, torch.Tensor]],
             one = coreset(every, len(every) // 100 if banks == "all" else int(banks))
             bank = dict.fromkeys(feats, one)
         maps[name] = {c: memory_map(reader, d["test"], bank[c], form, cosine) for c, d in reader.raw.items()}
-        held[name] = {
-            c: memory_map(reader, [lvl[reader.held[c]] for lvl in d["train"]], bank[c], form, cosine)
-            for c, d in reader.raw.items()
-        }
+        if name == FUSED_MEMORY:
+            held = {
+                c: memory_map(reader, [lvl[reader.held[c]] for lvl in d["train"]], bank[c], form, cosine)
+                for c, d in reader.raw.items()
+            }
         print(name, {c: len(b) for c, b in bank.items()}, flush=True)
     return maps, held
 
@@ -307,14 +316,15 @@ def table(rows: dict[str, dict[str, Any]], cats: list[str], cost: dict[str, Any]
         lines += [
             f"## {cat}",
             "",
-            "| reading | image (max) / pixel AUROC | " + " | ".join(kinds) + " |",
-            "|---|---:|" + "---:|" * len(kinds),
+            "| reading | image (max) / pixel AUROC | AUPRO | " + " | ".join(kinds) + " |",
+            "|---|---:|---:|" + "---:|" * len(kinds),
         ]
         for name, r in rows.items():
             if cat in r:
                 x = r[cat]
                 lines.append(
                     f"| {name} | {x['image_auroc']:.3f} ({x['image_auroc_max']:.3f}) / {x['pixel_auroc']:.3f} | "
+                    + (f"{x['aupro']:.3f} | " if "aupro" in x else "– | ")
                     + " | ".join(f"{x['per_defect'].get(k, float('nan')):.3f}" for k in kinds)
                     + " |"
                 )
@@ -373,11 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         held["reconstruction (the shipped cosine map)"][c] = reconstruction_maps(
             reader, model, [lvl[reader.held[c]] for lvl in d["train"]]
         )["cosine"]
-    mm, mh = memory_readings(reader)
+    mm, memory_held = memory_readings(reader)
     maps.update(mm)
-    held.update(mh)
-    rec, mem = "reconstruction (the shipped cosine map)", "memory L2, bank per category"
-    zr, zm = zscore(maps[rec], held[rec]), zscore(maps[mem], held[mem])
+    rec, mem = "reconstruction (the shipped cosine map)", FUSED_MEMORY
+    zr, zm = zscore(maps[rec], held[rec]), zscore(maps[mem], memory_held)
     maps["fused: z(reconstruction) + z(memory)"] = {c: zr[c] + zm[c] for c in raw}
     maps["fused: z(reconstruction) + 2 z(memory)"] = {c: zr[c] + 2 * zm[c] for c in raw}
     maps["fused: max of the two z-maps"] = {c: torch.maximum(zr[c], zm[c]) for c in raw}
@@ -396,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = {
         name: {c: P.readings(m, raw[c], cfg.score_top_fraction) for c, m in per.items()} for name, per in maps.items()
     }
+    for name, per in tqdm(maps.items(), desc="AUPRO", unit="reading"):
+        if "border left out" not in name:
+            for c, m in per.items():
+                rows[name][c]["aupro"] = round(aupro(raw[c]["masks"].numpy() > 0, m.numpy()), 4)
     cost = head_cost(args.onnx, [512, 2048, 7024, 8960], 152) if args.onnx else None
     data = {"machine": machine(), "decoder": str(args.decoder), "readings": rows, "cost": cost}
     write_results(args.name, data, table(rows, list(raw), cost))
