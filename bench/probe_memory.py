@@ -14,9 +14,10 @@ and on Magnetic Tile it ranks the pictures better. This probe puts both readings
 - **reconstruction**: the map of a decoder saved by ``bench/probe_real.py`` (the default: its
   5,000 x 8 run of the shipped model), in the same form;
 - **fused**: each map z-scored by its pixel mean and standard deviation on the held-out 10 % of
-  the training pictures (all categories together), then summed or maxed;
-- **border left out**: every map read again with a 16 px border set to zero, to separate border
-  false alarms from the rest;
+  the training pictures (all categories together), then summed or maxed (held out from the memory
+  bank; the saved decoder was trained on every training picture, so its statistics are in-sample);
+- **border left out**: four maps' image scores read again with a 16 px border set to zero, to
+  separate border false alarms from the rest (no pixel readings: the zeroed border would count);
 - ``--length-beta B`` also trains a decoder that rebuilds the features' length (cosine hard mining
   + ``B`` x squared error relative to each level's mean squared length) and reads its cosine,
   squared-error and length-error maps;
@@ -35,6 +36,7 @@ zeroed border is no reading of a region). Results go to
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -90,10 +92,13 @@ class Reader:
 
 
 # -- memory ------------------------------------------------------------------------------------
-def embed(levels: list[torch.Tensor], padded: bool, unit: bool = False, only: int | None = None) -> torch.Tensor:
+def embed(
+    levels: list[torch.Tensor], padded: bool, unit: bool = False, only: int | None = None, native: bool = False
+) -> torch.Tensor:
     """PatchCore's patch features ``[N, C, h, w]`` on the finest grid: 3 x 3 averages (zero padding
-    counted when ``padded``), optionally each level at unit length or one level alone."""
-    size = levels[0].shape[-2:]
+    counted when ``padded``), optionally each level at unit length, or one level alone (on the finest
+    grid, or with ``native`` on its own)."""
+    size = levels[only if native and only is not None else 0].shape[-2:]
     out = []
     for i, lvl in enumerate(levels):
         if only is not None and i != only:
@@ -135,9 +140,11 @@ def memory_map(
 FUSED_MEMORY = "memory L2, bank per category"  # the form the fused readings take
 
 
-def memory_readings(reader: Reader) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """Every memory form's test maps per category, and :data:`FUSED_MEMORY`'s maps of the held-out
-    training pictures (its z-scores)."""
+def memory_readings(
+    reader: Reader,
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """Every memory form's test maps per category, :data:`FUSED_MEMORY`'s maps of the held-out
+    training pictures (its z-scores), and each form's bank sizes, queries per picture and channels."""
     forms = {
         FUSED_MEMORY: ({"padded": True}, False, "per"),
         "memory L2, bank per category, padding not counted": ({"padded": False}, False, "per"),
@@ -145,11 +152,22 @@ def memory_readings(reader: Reader) -> tuple[dict[str, dict[str, torch.Tensor]],
         "memory L2 on unit-length levels (direction only)": ({"padded": True, "unit": True}, False, "per"),
         "memory L2, stride-8 level only": ({"padded": True, "only": 0}, False, "per"),
         "memory L2, stride-16 level only": ({"padded": True, "only": 1}, False, "per"),
+        "memory L2, stride-16 level only, on its own 16 x 16 grid": (
+            {"padded": True, "only": 1, "native": True},
+            False,
+            "per",
+        ),
+        "memory L2, stride-16 level only, own grid, one bank for all": (
+            {"padded": True, "only": 1, "native": True},
+            False,
+            "all",
+        ),
         "memory L2, one bank for all": ({"padded": True}, False, "all"),
         **{f"memory L2, one bank for all, {n:,} features": ({"padded": True}, False, n) for n in BANK_SIZES},
     }
     maps: dict[str, dict[str, torch.Tensor]] = {}
     held: dict[str, torch.Tensor] = {}
+    shapes: dict[str, dict[str, Any]] = {}
     for name, (form, cosine, banks) in forms.items():
         feats = {c: flat(embed([lvl[reader.fit[c]] for lvl in d["train"]], **form)) for c, d in reader.raw.items()}
         if cosine:
@@ -166,8 +184,14 @@ def memory_readings(reader: Reader) -> tuple[dict[str, dict[str, torch.Tensor]],
                 c: memory_map(reader, [lvl[reader.held[c]] for lvl in d["train"]], bank[c], form, cosine)
                 for c, d in reader.raw.items()
             }
-        print(name, {c: len(b) for c, b in bank.items()}, flush=True)
-    return maps, held
+        e = embed([lvl[:1] for lvl in next(iter(reader.raw.values()))["test"]], **form)
+        shapes[name] = {
+            "bank": {c: len(b) for c, b in bank.items()},
+            "queries": e.shape[2] * e.shape[3],
+            "channels": e.shape[1],
+        }
+        print(name, shapes[name], flush=True)
+    return maps, held, shapes
 
 
 # -- reconstruction ----------------------------------------------------------------------------
@@ -202,7 +226,7 @@ def reconstruction_maps(
             parts["length error"].append(
                 level_mean([(a.norm(dim=1) - b.norm(dim=1)) ** 2 / c for a, b, c in zip(f, r, scale, strict=True)])
             )
-    return {k: reader.blur(torch.cat(v)) for k, v in parts.items() if v}  # already at the input size
+    return {k: torch.cat(v) for k, v in parts.items() if v}  # map_rows / map_cols upsample *and* blur
 
 
 def train_length_aware(reader: Reader, cfg: ModelConfig, beta: float, iterations: int) -> tuple[ProAD, list[float]]:
@@ -246,19 +270,22 @@ class NearestHead(torch.nn.Module):
         return ((q * q).sum(-1, keepdim=True) - 2 * q @ self.bank_t + self.bank_sq).min(-1).values
 
 
-def head_cost(onnx_model: Path, sizes: list[int], channels: int, rounds: int = 5) -> dict[str, Any]:
-    """Median ms per batch-1 run (2 threads, interleaved rounds) of the model and of each head."""
+def head_cost(onnx_model: Path, heads: dict[str, tuple[int, int, int]], rounds: int = 5) -> dict[str, Any]:
+    """Median ms per batch-1 run (2 threads, interleaved rounds) of the model and of each head
+    ``label -> (bank size, queries per picture, channels)``. A head is the distance search alone
+    (without the 3 x 3 averaging, the upsampling and the map's tail): a lower bound of its cost."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 2, 1
     sessions = {"model": ort.InferenceSession(str(onnx_model), so, providers=["CPUExecutionProvider"])}
     image = np.random.default_rng(0).integers(0, 255, (1, 256, 256, 3), dtype=np.uint8)
-    e = np.random.default_rng(0).standard_normal((1, channels, 32, 32)).astype(np.float32)
     feeds = {"model": {sessions["model"].get_inputs()[0].name: image}}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            path = Path(tmp) / f"head{n}.onnx"
+        for i, (label, (n, queries, channels)) in enumerate(heads.items()):
+            side = math.isqrt(queries)
+            e = np.random.default_rng(0).standard_normal((1, channels, side, side)).astype(np.float32)
+            path = Path(tmp) / f"head{i}.onnx"
             torch.onnx.export(
                 NearestHead(n, channels),
                 (torch.from_numpy(e),),
@@ -267,8 +294,8 @@ def head_cost(onnx_model: Path, sizes: list[int], channels: int, rounds: int = 5
                 opset_version=18,
                 dynamo=False,
             )
-            sessions[f"bank {n}"] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            feeds[f"bank {n}"] = {"e": e}
+            sessions[label] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            feeds[label] = {"e": e}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(rounds):
         for k, s in sessions.items():
@@ -282,6 +309,7 @@ def head_cost(onnx_model: Path, sizes: list[int], channels: int, rounds: int = 5
     ms = {k: round(statistics.median(v), 2) for k, v in times.items()}
     return {
         "model": str(onnx_model),
+        "heads": {k: {"bank": n, "queries": q, "channels": c} for k, (n, q, c) in heads.items()},
         "ms": ms,
         "throughput_with_head": {k: round(ms["model"] / (ms["model"] + v), 3) for k, v in ms.items() if k != "model"},
     }
@@ -306,9 +334,10 @@ def table(rows: dict[str, dict[str, Any]], cats: list[str], cost: dict[str, Any]
         "",
         f"{machine()['cpu']}; cached Lite0 features (levels 2+3, 256² stretch) of the real sets in ../shared/data. "
         "Every map bilinear to 256², Gaussian σ = 4; image AUROC of the top 1 % (map maximum), pixel AUROC "
-        "on 400,000 fixed test pixels, image AUROC per defect type. Memory: nearest bank feature of "
-        "each stride-8 patch (152 channels), greedy 1 % coreset of 90 % of the training pictures unless named. "
-        "Fused: each map z-scored on the held-out 10 % normal training pictures.",
+        "on 400,000 fixed test pixels, image AUROC per defect type. Memory (unless named): nearest bank feature "
+        "of each stride-8 patch (152 channels), greedy 1 % coreset of 90 % of the training pictures. "
+        "Fused: each map z-scored on the held-out 10 % normal training pictures (in-sample for the decoder). "
+        "Rows with a border left out: image scores only.",
         "",
     ]
     for cat in cats:
@@ -323,7 +352,8 @@ def table(rows: dict[str, dict[str, Any]], cats: list[str], cost: dict[str, Any]
             if cat in r:
                 x = r[cat]
                 lines.append(
-                    f"| {name} | {x['image_auroc']:.3f} ({x['image_auroc_max']:.3f}) / {x['pixel_auroc']:.3f} | "
+                    f"| {name} | {x['image_auroc']:.3f} ({x['image_auroc_max']:.3f}) / "
+                    + (f"{x['pixel_auroc']:.3f} | " if x["pixel_auroc"] is not None else "– | ")
                     + (f"{x['aupro']:.3f} | " if "aupro" in x else "– | ")
                     + " | ".join(f"{x['per_defect'].get(k, float('nan')):.3f}" for k in kinds)
                     + " |"
@@ -331,12 +361,16 @@ def table(rows: dict[str, dict[str, Any]], cats: list[str], cost: dict[str, Any]
         lines.append("")
     if cost:
         lines += [
-            f"ONNX Runtime, 2 threads, batch 1, median of interleaved rounds: the whole model ({cost['model']}) "
-            f"{cost['ms']['model']} ms; a nearest-neighbour head of 1,024 queries: "
-            + "; ".join(
-                f"{k} {v} ms (the model's throughput with it {cost['throughput_with_head'][k]:.0%})"
-                for k, v in cost["ms"].items()
-                if k != "model"
+            f"ONNX Runtime, 2 threads, batch 1, median of interleaved rounds, beside the whole model "
+            f"`{Path(cost['model']).name}` ({cost['ms']['model']} ms): the nearest-neighbour search of each form "
+            "alone (a lower bound of a memory head's cost: no averaging, upsampling or map tail).",
+            "",
+            "| memory form (bank) | queries x channels | ms | the model's throughput with it |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {k} | {h['queries']:,} x {h['channels']} | {cost['ms'][k]} | {share:.0%} |"
+                for k, h in cost["heads"].items()
+                for share in [cost["throughput_with_head"][k]]
             ),
         ]
     return "\n".join(lines)
@@ -383,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         held["reconstruction (the shipped cosine map)"][c] = reconstruction_maps(
             reader, model, [lvl[reader.held[c]] for lvl in d["train"]]
         )["cosine"]
-    mm, memory_held = memory_readings(reader)
+    mm, memory_held, shapes = memory_readings(reader)
     maps.update(mm)
     rec, mem = "reconstruction (the shipped cosine map)", FUSED_MEMORY
     zr, zm = zscore(maps[rec], held[rec]), zscore(maps[mem], memory_held)
@@ -406,11 +440,23 @@ def main(argv: list[str] | None = None) -> int:
         name: {c: P.readings(m, raw[c], cfg.score_top_fraction) for c, m in per.items()} for name, per in maps.items()
     }
     for name, per in tqdm(maps.items(), desc="AUPRO", unit="reading"):
-        if "border left out" not in name:
+        if "border left out" in name:  # the zeroed border would count as pixels read
+            for c in per:
+                rows[name][c]["pixel_auroc"] = None
+        else:
             for c, m in per.items():
                 rows[name][c]["aupro"] = round(aupro(raw[c]["masks"].numpy() > 0, m.numpy()), 4)
-    cost = head_cost(args.onnx, [512, 2048, 7024, 8960], 152) if args.onnx else None
-    data = {"machine": machine(), "decoder": str(args.decoder), "readings": rows, "cost": cost}
+    timed = [n for n in shapes if n == FUSED_MEMORY or "one bank for all" in n or "stride-16" in n]
+    heads = {  # each form at its largest bank (per category: the category with the most patches)
+        f"{n} ({max(shapes[n]['bank'].values()):,})": (
+            max(shapes[n]["bank"].values()),
+            shapes[n]["queries"],
+            shapes[n]["channels"],
+        )
+        for n in timed
+    }
+    cost = head_cost(args.onnx, heads) if args.onnx else None
+    data = {"machine": machine(), "decoder": str(args.decoder), "banks": shapes, "readings": rows, "cost": cost}
     write_results(args.name, data, table(rows, list(raw), cost))
     return 0
 
