@@ -233,16 +233,9 @@ def train_length_aware(reader: Reader, cfg: ModelConfig, beta: float, iterations
     """The probe's training of the shipped model with ``beta`` x relative squared error added."""
     torch.manual_seed(0)
     model = ProAD(cfg)
-    cache = [
-        torch.cat(level)
-        for level in zip(*[P.pooled(d["train"], cfg.feature_pool) for d in reader.raw.values()], strict=True)
-    ]
-    scale = [float((lvl.float() ** 2).sum(1).mean()) for lvl in cache]
-    n = cache[0].shape[0]
-
-    def batch(rng: np.random.Generator, size: int) -> list[torch.Tensor]:
-        idx = torch.from_numpy(rng.integers(0, n, size))
-        return [lvl[idx].float() for lvl in cache]
+    train = [P.pooled(d["train"], cfg.feature_pool) for d in reader.raw.values()]
+    scale = [float((torch.cat(level).float() ** 2).sum(1).mean()) for level in zip(*train, strict=True)]
+    batch = P.training_batches(train)
 
     def loss(feats: list[torch.Tensor], out: Any, bank: torch.Tensor, c: ModelConfig) -> tuple[torch.Tensor, dict]:
         total, parts = proad_loss(feats, out, bank, c)

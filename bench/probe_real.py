@@ -135,6 +135,19 @@ def centred(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
+def training_batches(categories: list[list[torch.Tensor]]) -> Callable[[np.random.Generator, int], list[torch.Tensor]]:
+    """The training pictures' features of every category (each a list of levels) in one cache, and
+    the draw ``batch(rng, size)`` of ``size`` random pictures from it, each level in fp32."""
+    cache = [torch.cat(level) for level in zip(*categories, strict=True)]
+    n = cache[0].shape[0]
+
+    def batch(rng: np.random.Generator, size: int) -> list[torch.Tensor]:
+        idx = torch.from_numpy(rng.integers(0, n, size))
+        return [level[idx].float() for level in cache]
+
+    return batch
+
+
 def train_decoder(
     model: ProAD,
     cfg: ModelConfig,
@@ -189,13 +202,7 @@ def run_variant(
             "train": pooled(d["train"], cfg.feature_pool),
             "test": pooled(d["test"], cfg.feature_pool),
         }
-    cache = [torch.cat(level) for level in zip(*[d["train"] for d in data.values()], strict=True)]
-    n = cache[0].shape[0]
-
-    def batch(rng: np.random.Generator, size: int) -> list[torch.Tensor]:
-        idx = torch.from_numpy(rng.integers(0, n, size))
-        return [level[idx].float() for level in cache]
-
+    batch = training_batches([d["train"] for d in data.values()])
     seconds = train_decoder(model, cfg, iterations, seed, train, batch, name)
     result: dict[str, Any] = {
         "variant": name,
