@@ -6,7 +6,7 @@ and on Magnetic Tile it ranks the pictures better. This probe puts both readings
 ``bench/probe_real.py``'s cached features, so the difference can be taken apart:
 
 - **memory**: each stride-8 patch (both levels 3 x 3-averaged, stride 16 upsampled, concatenated:
-  152 channels on Lite0) against a greedy coreset (``bench/baselines/patchcore.py``) of 90 % of each
+  152 channels on Lite0) against a greedy coreset (``proad.memory.greedy_coreset``) of 90 % of each
   category's training pictures, 1 % of their patches; one bank per category or one for all, and the
   bank cut to fixed sizes; L2 (PatchCore), cosine distance or L2 between unit-length levels (the
   direction alone, what a cosine map sees); with PatchCore's zero padding counted in the border
@@ -50,13 +50,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent / "baselines"))
 import probe_real as P
-from patchcore import greedy_coreset
 
 from common import machine, real_roots, write_results
 from proad.config import ModelConfig
 from proad.loss import proad_loss
+from proad.memory import greedy_coreset
 from proad.metrics import aupro
 from proad.model import ProAD, gaussian_kernel1d
 from proad.train import open_categories

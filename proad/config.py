@@ -113,6 +113,23 @@ class ModelConfig(_Strict):
     )  # fmt: skip
     score_top_fraction: float = Field(0.01, gt=0, le=1, description="image score = mean of this top fraction")
 
+    # --- memory of normal patches beside the reconstruction (proad.memory; off by default) -------
+    memory_size: int = Field(
+        0, ge=0, le=65536,
+        description="features in a memory bank of normal patches whose nearest distance is fused into the map "
+                    "(PatchCore's reading beside the reconstruction; 0 = off, DESIGN's map alone)",
+    )  # fmt: skip
+    memory_stride: int = Field(
+        16,
+        description="the memory's patch grid: the level of this stride and every coarser one (upsampled), "
+                    "3x3-averaged as the decoder sees them with zero padding counted",
+    )  # fmt: skip
+    memory_weight: float = Field(
+        1.0, gt=0, le=16,
+        description="the memory's weight in the map against the reconstruction's 1, each measured in its spread "
+                    "on held-out normal images",
+    )  # fmt: skip
+
     @property
     def input_hw(self) -> tuple[int, int]:
         """(height, width) of the model's input in pixels."""
@@ -154,6 +171,11 @@ class ModelConfig(_Strict):
             raise ValueError(f"feature_pool must be odd (a centred neighbourhood), got {self.feature_pool}")
         if self.map_pool % 2 == 0:
             raise ValueError(f"map_pool must be odd (a centred neighbourhood), got {self.map_pool}")
+        if self.memory_stride not in (4, 8, 16, 32):
+            raise ValueError(f"memory_stride must be 4, 8, 16 or 32, got {self.memory_stride}")
+        strides = sorted(2 ** (level + 1) for level in self.feature_levels)  # timm's EfficientNet feature_info
+        if self.memory_size and self.backbone in BUILTIN_BACKBONES and self.memory_stride not in strides:
+            raise ValueError(f"memory_stride {self.memory_stride} is none of the feature levels' strides {strides}")
         if self.constraint_from_layer >= self.layers and self.constraint != "none":
             raise ValueError(f"constraint_from_layer ({self.constraint_from_layer}) must be < layers ({self.layers})")
         return self

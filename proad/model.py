@@ -22,6 +22,11 @@ the model without the trainer. Read it top to bottom:
    smoothed is the anomaly map (those three linear steps run as two matrix products per level);
    the mean of its top 1 % is the image score. Both live inside
    ``forward`` so every exported backend returns ``(anomaly_map, score)``.
+6. Optionally (``memory_size`` > 0, off by default) a memory of normal patches beside the
+   reconstruction: each patch's distance to its nearest feature in a bank of training patches
+   (PatchCore's reading of the same features) is fused into the map, both maps weighed by their
+   spread on held-out normal images (:mod:`proad.memory` fills the bank; README, "A memory of normal
+   patches"). It sees what a rebuild blurs: a texture's exact grain and a feature's length.
 
 Every attention goes through :func:`proad.kernels.proto_attention`, the op the fused kernel and the
 TensorRT plugin implement.
@@ -269,6 +274,25 @@ class ProAD(nn.Module):
             cols = rows if width == height else upsample_blur_operator(math.ceil(width / stride), width, self.blur)
             self.register_buffer(f"map_rows{level}", rows, persistent=False)
             self.register_buffer(f"map_cols{level}", cols, persistent=False)
+        # The optional memory of normal patches (``memory_size`` > 0): its bank and the spreads that
+        # weigh it against the reconstruction are filled by training (:mod:`proad.memory`) and saved.
+        self.memory_levels: list[int] = []
+        if cfg.memory_size:
+            if cfg.memory_stride not in self.level_strides:
+                raise ValueError(
+                    f"memory_stride {cfg.memory_stride} is none of the encoder levels' strides {self.level_strides}"
+                )
+            self.memory_levels = [i for i, s in enumerate(self.level_strides) if s >= cfg.memory_stride]
+            channels = sum(self.level_channels[i] for i in self.memory_levels)
+            self.register_buffer("memory_bank", torch.zeros(cfg.memory_size, channels))
+            # mean and spread of the reconstruction's map, then of the memory's, on held-out normal images
+            self.register_buffer("memory_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+            k = cfg.feature_pool
+            for i in self.memory_levels:  # inside-only averages -> averages with the zero padding counted
+                stride = self.level_strides[i]
+                ones = torch.ones(1, 1, math.ceil(height / stride), math.ceil(width / stride))
+                weight = F.avg_pool2d(ones, k, stride=1, padding=k // 2, count_include_pad=True)
+                self.register_buffer(f"memory_border{i}", weight, persistent=False)
 
     # -- token grid --------------------------------------------------------------------------
     def _to_grid(self, f: torch.Tensor, stride: int) -> torch.Tensor:
@@ -372,6 +396,51 @@ class ProAD(nn.Module):
             m = F.conv2d(F.conv2d(F.pad(m, (pad,) * 4, mode="reflect"), g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
         return m.squeeze(1)
 
+    def memory_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The memory's patch features ``[B, C, h, w]`` on the ``memory_stride`` grid: every level at
+        least that coarse, as the decoder sees it (``feature_pool``-averaged) but with the averaging's
+        zero padding counted at the border (PatchCore's form: border patches shrink towards zero, so
+        the crop's edge does not read as a rare patch), coarser levels upsampled bilinearly."""
+        first = self.memory_levels[0]
+        size = feats[first].shape[-2:]
+        parts = []
+        for i in self.memory_levels:
+            f = feats[i].float() * getattr(self, f"memory_border{i}")
+            if f.shape[-2:] != size:
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            parts.append(f)
+        return torch.cat(parts, 1)
+
+    def memory_distance(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """L2 distance ``[B, h, w]`` of every memory patch to its nearest bank feature, in fp32 (as
+        ``|q|^2 - 2 q.b + |b|^2``: matrix products and a ReduceMin, which every backend runs)."""
+        e = self.memory_features(feats)
+        b, _, h, w = e.shape
+        q = e.flatten(2).transpose(1, 2)  # [B, hw, C]
+        bank = self.memory_bank.float()
+        d2 = (q * q).sum(-1, keepdim=True) - 2.0 * (q @ bank.t()) + (bank * bank).sum(1)
+        return torch.amin(d2, dim=-1).clamp_min(0.0).sqrt().view(b, h, w)
+
+    def memory_map(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`memory_distance` through the map's tail (bilinear to the input, Gaussian)."""
+        level = self.memory_levels[0]
+        rows, cols = getattr(self, f"map_rows{level}").float(), getattr(self, f"map_cols{level}").float()
+        return rows @ self.memory_distance(feats) @ cols.t()
+
+    def fuse(self, rec_map: torch.Tensor, mem_map: torch.Tensor) -> torch.Tensor:
+        """The reconstruction's map and the memory's, each in units of its spread on held-out normal
+        images, weighted 1 : ``memory_weight``, expressed back in the reconstruction's units (so a map
+        still reads as a reconstruction error and the wire's uint8 scale still fits)."""
+        rec_mean, rec_std, mem_mean, mem_std = self.memory_stats.float()
+        w = self.cfg.memory_weight
+        return (rec_map + w * (rec_mean + rec_std * (mem_map - mem_mean) / mem_std)) / (1.0 + w)
+
+    def inspect(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The anomaly map of encoder features: the reconstruction's, fused with the memory's when the
+        model has one (what :meth:`forward` and the threshold calibration both read)."""
+        amap = self.anomaly_map(feats, self.decode(feats).reconstructions)
+        return self.fuse(amap, self.memory_map(feats)) if self.memory_levels else amap
+
     def score(self, amap: torch.Tensor) -> torch.Tensor:
         """Image score: mean of the top ``score_top_fraction`` of the map's values."""
         flat = amap.flatten(1)
@@ -381,8 +450,7 @@ class ProAD(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 ``[B, H, W, 3]`` BGR -> (anomaly map ``[B, H, W]`` float32, score ``[B]``)."""
-        feats = self.features(image)
-        amap = self.anomaly_map(feats, self.decode(feats).reconstructions)
+        amap = self.inspect(self.features(image))
         return amap, self.score(amap)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -49,6 +49,7 @@ from proad.data.geometry import Size, size_text
 from proad.data.tiling import NO_TILING, Grid, auto_grid, tiles_of
 from proad.distributed import DistributedError, World
 from proad.loss import Gather, proad_loss
+from proad.memory import fill_memory, fit_fusion
 from proad.model import ProAD
 
 RESUME_FORMAT = "proad-train-state"
@@ -156,7 +157,7 @@ def score_cached(model: ProAD, feats: list[torch.Tensor], batch: int = 32) -> tu
     maps, scores = [], []
     for start in range(0, feats[0].shape[0], batch):
         f = [lvl[start : start + batch].float() for lvl in feats]
-        amap = model.anomaly_map(f, model.decode(f).reconstructions)
+        amap = model.inspect(f)
         maps.append(amap.numpy())
         scores.append(model.score(amap).numpy())
     return np.concatenate(maps), np.concatenate(scores)
@@ -379,6 +380,19 @@ def _train(
     bar.close()
     t_train = time.perf_counter() - t1
 
+    memory_info: dict[str, Any] = {}
+    if model.memory_levels:  # the memory of normal patches: its bank, then both maps' spreads
+        t2 = time.perf_counter()
+        patches = fill_memory(model, cache, train_cfg.seed)
+        fusion_feats = [f for f in holdout_feats.values() if f[0].shape[0]]
+        fusion_source = "held-out normal images"
+        if not fusion_feats:  # no held-out images: the fitted ones (their memory distances run low)
+            fusion_feats, fusion_source = [cache], "training images (no hold-out: memory distances biased low)"
+            log("warning: no held-out images, the memory's fusion fitted on training images")
+        memory_info = {"patches": patches, "bank": model_cfg.memory_size, "fusion_source": fusion_source,
+                       **fit_fusion(model, fusion_feats), "seconds": round(time.perf_counter() - t2, 1)}  # fmt: skip
+        log(f"memory of {model_cfg.memory_size} patches chosen from {patches} in {memory_info['seconds']}s")
+
     holdout_scores = {  # a tiled picture scores its largest tile's score, as in evaluation and on the line
         name: score_cached(model, f)[1].reshape(-1, grids[name][0] * grids[name][1]).max(1)
         for name, f in holdout_feats.items() if f[0].shape[0]
@@ -418,6 +432,7 @@ def _train(
             "encode_seconds": round(t_encode, 1),
             "train_seconds": round(t_train, 1),
             "final_loss": loss_ema,
+            "memory": memory_info or None,
             "world_size": world.size,
             "torch": str(torch.__version__),
         },

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench" / "baselines"))
-from patchcore import PatchCore, greedy_coreset
+from patchcore import PatchCore
 
 from proad.config import ModelConfig
 from proad.data.folder import MVTecFolder
 from proad.evaluate import evaluate_category
+from proad.memory import greedy_coreset
 
 
 def test_greedy_coreset_covers_what_random_sampling_misses() -> None:

@@ -38,11 +38,12 @@ from torch import nn
 
 from proad.backbone import Encoder
 from proad.config import ModelConfig
+from proad.memory import MAX_CANDIDATES, coreset
 from proad.model import InputNorm, gaussian_kernel1d
 
 
 class PatchCore(nn.Module):
-    max_candidates_default = 100_000
+    max_candidates_default = MAX_CANDIDATES
 
     def __init__(
         self,
@@ -87,10 +88,7 @@ class PatchCore(nn.Module):
             chunks.append(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
         features = torch.cat(chunks)
         keep = max(1, int(len(features) * self.coreset_ratio))
-        if len(features) > self.max_candidates:  # the greedy pass over all of them would take too long
-            g = torch.Generator().manual_seed(self.seed)
-            features = features[torch.randperm(len(features), generator=g)[: self.max_candidates]]
-        self.bank = features[greedy_coreset(features, keep, self.projection_dim, self.seed)].contiguous()
+        self.bank = coreset(features, keep, self.max_candidates, self.projection_dim, self.seed)
 
     # -- scoring -------------------------------------------------------------------------------
     def _nearest(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,30 +130,3 @@ class PatchCore(nn.Module):
         amap = F.pad(amap, (pad, pad, pad, pad), mode="reflect")
         amap = F.conv2d(F.conv2d(amap, k1.view(1, 1, 1, -1)), k1.view(1, 1, -1, 1))
         return amap.squeeze(1), torch.stack(scores)
-
-
-@torch.no_grad()
-def greedy_coreset(features: torch.Tensor, keep: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
-    """Indices of ``keep`` features chosen by k-center greedy on a random projection (paper Alg. 1).
-
-    Each step adds the feature farthest from everything chosen so far, so the coreset covers the
-    bank's extremes (the rare normal patches a random subsample would drop)."""
-    g = torch.Generator().manual_seed(seed)
-    n, c = features.shape
-    if keep >= n:
-        return torch.arange(n)
-    proj = features
-    if projection_dim < c:
-        matrix = torch.randn(c, projection_dim, generator=g) / projection_dim**0.5
-        proj = features @ matrix
-    sq = (proj * proj).sum(1)
-    chosen = torch.empty(keep, dtype=torch.long)
-    chosen[0] = int(torch.randint(n, (1,), generator=g))
-    min_d = torch.full((n,), float("inf"))
-    for j in range(keep):
-        if j:
-            chosen[j] = int(min_d.argmax())
-        c_vec = proj[chosen[j]]
-        d = sq - 2.0 * (proj @ c_vec) + sq[chosen[j]]
-        torch.minimum(min_d, d, out=min_d)
-    return chosen
