@@ -155,6 +155,9 @@ def build_model(ckpt: Checkpoint) -> torch.nn.Module:
             raise CheckpointError(
                 f"checkpoint tensor {k} has shape {tuple(ckpt.state_dict[k].shape)}, the model needs {tuple(v.shape)}"
             )
+    if ckpt.model_config.memory_size and not ckpt.state_dict["memory_bank"].any():
+        raise CheckpointError("checkpoint has a memory of normal patches (memory_size > 0) that was never filled: "
+                              "train it with proad-train, which fills the bank after the decoder")
     model.load_state_dict(ckpt.state_dict, strict=False)
     return model.eval()
 

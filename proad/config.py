@@ -122,7 +122,8 @@ class ModelConfig(_Strict):
     memory_stride: int = Field(
         16,
         description="the memory's patch grid: the level of this stride and every coarser one (upsampled), "
-                    "3x3-averaged as the decoder sees them with zero padding counted",
+                    "feature_pool-averaged as the decoder sees them, with the zero padding counted (PatchCore's "
+                    "3x3 form at the default feature_pool 3)",
     )  # fmt: skip
     memory_weight: float = Field(
         1.0, gt=0, le=16,

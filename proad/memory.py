@@ -19,7 +19,12 @@ features) sees both. A model with ``memory_size`` > 0 keeps such a bank beside i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from proad.model import ProAD
 
 MAX_CANDIDATES = 100_000
 
@@ -60,7 +65,8 @@ def coreset(
     seed: int = 0,
 ) -> torch.Tensor:
     """``keep`` rows of ``features [N, C]`` by :func:`greedy_coreset` over at most ``max_candidates``
-    of them (a uniform random subsample when there are more); all of them when ``keep`` >= N."""
+    of them (a uniform random subsample when there are more); every candidate when ``keep`` is not
+    smaller than their number."""
     if len(features) > max_candidates:  # the greedy pass over all of them would take too long
         g = torch.Generator().manual_seed(seed)
         features = features[torch.randperm(len(features), generator=g)[:max_candidates]]
@@ -68,12 +74,12 @@ def coreset(
 
 
 @torch.no_grad()
-def fill_memory(model: torch.nn.Module, cache: list[torch.Tensor], seed: int = 0, batch: int = 64) -> int:
+def fill_memory(model: ProAD, cache: list[torch.Tensor], seed: int = 0, batch: int = 64) -> int:
     """Fill ``model.memory_bank`` from cached training features (one tensor per level, as
-    :func:`proad.train.encode` gives) and return how many patches it was chosen from.
+    :func:`proad.train.encode` gives) and return how many training patches there were.
 
-    At most :data:`MAX_CANDIDATES` patches are drawn uniformly from every image and position, so the
-    stride-8 grid of a large training set is never held whole."""
+    The greedy pass sees at most :data:`MAX_CANDIDATES` of them, drawn uniformly from every image and
+    position, so the stride-8 grid of a large training set is never held whole."""
     n_images = cache[0].shape[0]
     first = model.memory_features([lvl[:1].float() for lvl in cache])
     per_image, channels = first.shape[2] * first.shape[3], first.shape[1]
@@ -101,7 +107,7 @@ def fill_memory(model: torch.nn.Module, cache: list[torch.Tensor], seed: int = 0
 
 
 @torch.no_grad()
-def fit_fusion(model: torch.nn.Module, feats: list[list[torch.Tensor]], batch: int = 32) -> dict[str, float]:
+def fit_fusion(model: ProAD, feats: list[list[torch.Tensor]], batch: int = 32) -> dict[str, float]:
     """Set ``model.memory_stats`` to the pixel mean and standard deviation of the reconstruction's map
     and of the memory's over the images of ``feats`` (held-out normal images, one list of cached level
     tensors per category), and return them."""

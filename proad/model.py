@@ -401,6 +401,8 @@ class ProAD(nn.Module):
         least that coarse, as the decoder sees it (``feature_pool``-averaged) but with the averaging's
         zero padding counted at the border (PatchCore's form: border patches shrink towards zero, so
         the crop's edge does not read as a rare patch), coarser levels upsampled bilinearly."""
+        if not self.memory_levels:
+            raise ValueError("this model has no memory of normal patches (memory_size is 0)")
         first = self.memory_levels[0]
         size = feats[first].shape[-2:]
         parts = []
@@ -423,9 +425,10 @@ class ProAD(nn.Module):
 
     def memory_map(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """:meth:`memory_distance` through the map's tail (bilinear to the input, Gaussian)."""
+        distance = self.memory_distance(feats)
         level = self.memory_levels[0]
         rows, cols = getattr(self, f"map_rows{level}").float(), getattr(self, f"map_cols{level}").float()
-        return rows @ self.memory_distance(feats) @ cols.t()
+        return rows @ distance @ cols.t()
 
     def fuse(self, rec_map: torch.Tensor, mem_map: torch.Tensor) -> torch.Tensor:
         """The reconstruction's map and the memory's, each in units of its spread on held-out normal

@@ -39,6 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from proad import distributed
@@ -49,7 +50,7 @@ from proad.data.geometry import Size, size_text
 from proad.data.tiling import NO_TILING, Grid, auto_grid, tiles_of
 from proad.distributed import DistributedError, World
 from proad.loss import Gather, proad_loss
-from proad.memory import fill_memory, fit_fusion
+from proad.memory import MAX_CANDIDATES, fill_memory, fit_fusion
 from proad.model import ProAD
 
 RESUME_FORMAT = "proad-train-state"
@@ -391,7 +392,8 @@ def _train(
             log("warning: no held-out images, the memory's fusion fitted on training images")
         memory_info = {"patches": patches, "bank": model_cfg.memory_size, "fusion_source": fusion_source,
                        **fit_fusion(model, fusion_feats), "seconds": round(time.perf_counter() - t2, 1)}  # fmt: skip
-        log(f"memory of {model_cfg.memory_size} patches chosen from {patches} in {memory_info['seconds']}s")
+        log(f"memory of {model_cfg.memory_size} patches chosen from {min(patches, MAX_CANDIDATES)} of {patches} "
+            f"training patches in {memory_info['seconds']}s")
 
     holdout_scores = {  # a tiled picture scores its largest tile's score, as in evaluation and on the line
         name: score_cached(model, f)[1].reshape(-1, grids[name][0] * grids[name][1]).max(1)
@@ -455,7 +457,11 @@ def _load_resume(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> 
         ) from exc
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise CheckpointError(f"{path}: not a training snapshot")
-    if state.get("model_config") != model_cfg.model_dump(mode="json"):
+    try:  # validated, so a snapshot written before a field existed reads with that field's default
+        then_cfg = ModelConfig.model_validate(state.get("model_config") or {}).model_dump(mode="json")
+    except ValidationError:
+        then_cfg = None
+    if then_cfg != model_cfg.model_dump(mode="json"):
         raise CheckpointError(f"{path}: snapshot was taken with another model config; delete it to start over")
     saved = dict(state.get("train_config") or {})
     now = train_cfg.model_dump(mode="json")

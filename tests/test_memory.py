@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from proad.artifacts import OnnxMetadata
-from proad.checkpoint import build_model, load_checkpoint
+from proad.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint
 from proad.config import ModelConfig, TrainConfig
 from proad.data.folder import MVTecFolder
+from proad.export.onnx_export import ExportError
+from proad.export.quantize import quantize
 from proad.memory import fill_memory
 from proad.model import ProAD
-from proad.train import encode, train
+from proad.train import RESUME_FORMAT, _load_resume, encode, train
 
 
 def _memory_cfg(small_cfg: ModelConfig, **fields: object) -> ModelConfig:
@@ -114,7 +116,10 @@ def test_a_model_with_memory_trains_saves_loads_and_exports(small_cfg: ModelConf
     report = export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx", verify_count=2)
     assert report.max_abs_error_map <= 1e-4 and report.max_abs_error_score <= 1e-4
     half = export_onnx(tmp_path / "m.pt", tmp_path / "m16.onnx", precision="fp16", verify_count=2)  # TensorRT's form
-    assert half.max_abs_error_map <= 5e-2 * float(amap.abs().max())  # export_onnx itself checks fp16's tolerance
+    assert half.tolerance is not None and half.max_abs_error_map <= half.tolerance
+    with pytest.raises(ExportError, match="int8 is not supported for a model with a memory"):
+        quantize(tmp_path / "m.onnx", tmp_path / "m8.onnx", [tiny_data], first_level_block=1)
+    assert not (tmp_path / "m8.onnx").exists()
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(OnnxMetadata.from_props(props).model_config_json)["memory_size"] == 48  # the edge reads it
 
@@ -133,3 +138,25 @@ def test_a_memory_on_a_grid_no_level_has_is_refused(small_cfg: ModelConfig, tiny
         _memory_cfg(small_cfg, memory_stride=12)
     with pytest.raises(ValidationError, match="memory_size"):
         _memory_cfg(small_cfg, memory_size=-1)
+
+
+def test_without_memory_nothing_changes_and_an_unfilled_memory_is_refused(small_cfg: ModelConfig, tmp_path) -> None:
+    plain = ProAD(small_cfg)
+    assert plain.memory_levels == [] and not any("memory" in k for k in plain.trainable_state_dict())
+    with pytest.raises(ValueError, match="no memory of normal patches"):
+        plain.memory_map(plain.features(torch.zeros(1, 256, 256, 3, dtype=torch.uint8)))
+    cfg = _memory_cfg(small_cfg)
+    unfilled = Checkpoint(cfg, ProAD(cfg).trainable_state_dict(), 0.3)  # a bank of zeros
+    with pytest.raises(CheckpointError, match=r"memory of normal patches .* that was never filled"):
+        build_model(unfilled)
+
+
+def test_a_snapshot_from_before_the_memory_fields_still_resumes(small_cfg: ModelConfig, tmp_path) -> None:
+    older = {k: v for k, v in small_cfg.model_dump(mode="json").items() if not k.startswith("memory_")}
+    train_cfg = TrainConfig(iterations=10)
+    snapshot = {"format": RESUME_FORMAT, "step": 5, "model_config": older,
+                "train_config": train_cfg.model_dump(mode="json")}  # fmt: skip
+    torch.save(snapshot, tmp_path / "m.pt.resume")
+    assert _load_resume(tmp_path / "m.pt.resume", small_cfg, train_cfg)["step"] == 5
+    with pytest.raises(CheckpointError, match="another model config"):
+        _load_resume(tmp_path / "m.pt.resume", _memory_cfg(small_cfg), train_cfg)
