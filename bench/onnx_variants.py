@@ -43,7 +43,10 @@ def session(overrides: dict[str, Any], folder: Path, name: str, threads: int) ->
     cfg = ModelConfig(**overrides)
     torch.manual_seed(0)
     ckpt = folder / f"{name}.pt"
-    save_checkpoint(Checkpoint(cfg, ProAD(cfg).trainable_state_dict(), 0.5), ckpt)
+    model = ProAD(cfg)
+    if cfg.memory_size:  # a random bank: the search costs the same, and an unfilled one is refused on load
+        model.memory_bank.normal_()
+    save_checkpoint(Checkpoint(cfg, model.trainable_state_dict(), 0.5), ckpt)
     export_onnx(ckpt, folder / f"{name}.onnx", verify_count=1)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
