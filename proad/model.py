@@ -414,22 +414,15 @@ class ProAD(nn.Module):
         return torch.cat(parts, 1)
 
     def memory_distance(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """L2 distance ``[B, h, w]`` of every memory patch to its nearest bank feature, in fp32 (as
-        ``|q|^2 + min_b (|b|^2 - 2 q.b)``: one matrix product and a ReduceMin, which every backend
-        runs).
-
-        The product is the search's whole cost: ``[B, hw, K]`` values, 134 MB at batch 8 on the
-        stride-8 grid with K = 4,096. So it is written once and read once: the bank's rows extended
-        by ``|b|^2`` (and scaled by -2) and the queries by a 1 make it ``|b|^2 - 2 q.b`` directly,
-        and ``|q|^2`` is added after the minimum, to ``hw`` values instead of ``hw x K``. (Written
-        as ``|q|^2 - 2 q.b + |b|^2`` it made three more passes over that array, and the stride-8
-        memory ran at 0.40 of ``fast``'s frame rate at batch 8 instead of 0.56: README, "The
-        memory's search".)"""
+        """L2 distance ``[B, h, w]`` of every memory patch to its nearest bank feature, in fp32:
+        ``|q|^2 + min_b (|b|^2 - 2 q.b)``. The bank's rows scaled by -2 and extended by ``|b|^2``,
+        the queries extended by a 1, make ``|b|^2 - 2 q.b`` one matrix product, read once by the
+        ReduceMin; ``|q|^2`` is added to the minima (README, "The memory's search")."""
         e = self.memory_features(feats)
         b, _, h, w = e.shape
         q = e.flatten(2).transpose(1, 2)  # [B, hw, C]
         bank = self.memory_bank.float()
-        keys = torch.cat([-2.0 * bank, (bank * bank).sum(1, keepdim=True)], 1)  # [K, C + 1], a constant
+        keys = torch.cat([-2.0 * bank, (bank * bank).sum(1, keepdim=True)], 1)  # [K, C + 1]; runtimes fold it on load
         nearest = torch.amin(torch.cat([q, torch.ones_like(q[..., :1])], -1) @ keys.t(), dim=-1)
         return (nearest + (q * q).sum(-1)).clamp_min(0.0).sqrt().view(b, h, w)
 
