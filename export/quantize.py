@@ -509,7 +509,7 @@ def quantize(
     if meta.precision != "fp32" or meta.plugin:
         raise ExportError("int8 quantizes the plain fp32 graph (export without --plugin, --precision fp32)")
     cfg = ModelConfig.model_validate_json(meta.model_config_json)
-    if cfg.memory_size:  # its distances are |q|^2 - 2 q.b + |b|^2: rounding the middle term alone ruins them
+    if cfg.memory_size:  # its distances are |q|^2 + min(|b|^2 - 2 q.b): rounding the product alone ruins them
         raise ExportError("int8 is not supported for a model with a memory of normal patches (memory_size > 0): "
                           "its nearest-distance search would be rounded; export it as fp32 or fp16")
     if images is None:
