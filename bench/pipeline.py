@@ -41,14 +41,15 @@ into one part per stream); ``openvino-int8-throughput-serial`` the same with one
 two batches in flight). The backend alone is always one call at a time, so a daemon that keeps two
 in flight can deliver more than it.
 
-The model is the default architecture, untrained (speed does not depend on the weights); the
+The model is the default architecture (or with ``--model`` fields on top), untrained (speed does not
+depend on the weights); the
 daemon's threshold is set from the backend-alone scores so that a fifth of the frames are NG, as
 the camera's defect rate would make them, since every NG also costs a JPEG.
 
 Writes ``bench/results/pipeline.json`` and ``pipeline.md`` (``--name`` another stem).
 
     python bench/pipeline.py [--seconds 10] [--threads 2] [--backends onnxruntime openvino openvino-int8 torch]
-                             [--cameras 4 8] [--rounds 1] [--name pipeline]
+                             [--cameras 4 8] [--rounds 1] [--model '{"memory_size": 4096}'] [--name pipeline]
 """
 
 from __future__ import annotations
@@ -76,15 +77,19 @@ from proad.edge.sources import SyntheticCamera
 from proad.edge.subscriber import Subscriber
 
 
-def make_model(tmp: Path) -> tuple[Path, Path]:
-    """The default model (untrained: speed does not depend on the weights) as checkpoint and ONNX."""
+def make_model(tmp: Path, fields: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """The default model, or one with ModelConfig ``fields``, untrained (speed does not depend on the
+    weights), as checkpoint and ONNX. A memory of normal patches gets a random bank: its search costs
+    the same, and an unfilled one is refused on load."""
     from proad.checkpoint import Checkpoint, save_checkpoint
     from proad.config import ModelConfig
     from proad.export.onnx_export import export_onnx
     from proad.model import ProAD
 
     ckpt, onnx_path = tmp / "model.pt", tmp / "model.onnx"
-    model = ProAD(ModelConfig())
+    model = ProAD(ModelConfig(**(fields or {})))
+    if model.cfg.memory_size:
+        model.memory_bank.normal_()
     save_checkpoint(Checkpoint(model.cfg, model.trainable_state_dict(), 0.3), ckpt)
     export_onnx(ckpt, onnx_path, verify_count=1)
     return ckpt, onnx_path
@@ -288,8 +293,9 @@ def table(data: dict[str, Any]) -> str:
     lines = [
         "# Daemon end to end vs backend alone",
         "",
-        f"{data['machine']['cpu']} ({data['machine']['cores']} cores), {data['threads']} inference threads, default "
-        f"model, 256x256, synthetic board camera(s), loopback ZeroMQ, {data['machine']['date']}. Backend alone: the "
+        f"{data['machine']['cpu']} ({data['machine']['cores']} cores), {data['threads']} inference threads, "
+        + (f"the default model with {json.dumps(data['model'])}" if data.get("model") else "default model")
+        + f", 256x256, synthetic board camera(s), loopback ZeroMQ, {data['machine']['date']}. Backend alone: the "
         "mean of its rate right before and right after the daemon's overloaded run"
         + (f"; {rounds} such runs, the median shown, every round's ratio after it." if rounds > 1 else ".")
         + " The never-reading subscriber, 60 fps and tiled runs follow, between the last overloaded run's backend "
@@ -356,6 +362,8 @@ def main() -> int:
                    choices=["onnxruntime", "onnxruntime-2-sessions", "openvino", "openvino-int8", "openvino-int8-bf16",
                             "openvino-int8-throughput", "openvino-int8-throughput-serial", "torch"])
     p.add_argument("--name", default="pipeline", help="results file stem under bench/results")
+    p.add_argument("--model", type=json.loads, default={},
+                   help="ModelConfig fields on top of the default, as JSON (e.g. a memory of normal patches)")
     p.add_argument("--cameras", nargs="*", type=int, default=[4, 8], help="several-camera cases (none: skip)")
     p.add_argument("--rounds", type=int, default=1,
                    help="each overloaded case (one camera, several): this many daemon runs, each between two runs "
@@ -371,7 +379,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        ckpt, onnx_path = make_model(tmp)
+        ckpt, onnx_path = make_model(tmp, args.model)
         int8: Path | None = None
         for name in args.backends:
             if name == "torch":
@@ -383,7 +391,8 @@ def main() -> int:
                 kind, model = name.split("-")[0], onnx_path
             rows.append({"backend": name, **measure_backend(name, kind, model, args, frames, tmp,
                                                             BACKEND_OPTIONS.get(name))})
-    data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
+    data = {"machine": machine(), "threads": args.threads, "seconds": args.seconds, "rounds": args.rounds,
+            "model": args.model, "rows": rows}  # fmt: skip
     write_results(args.name, data, table(data))
     return 0
 

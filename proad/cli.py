@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from proad.clikit import Failure, run_command, say
+from proad.config import READING_FIELDS
 from proad.presets import DEFAULT_PRESET, PRESETS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -40,13 +41,14 @@ def _failures() -> list[Failure]:
     from proad.config import format_validation_error
     from proad.data.folder import DatasetError
     from proad.distributed import DistributedError
+    from proad.refit import RefitError
 
     bad = say("error: ")
     return [
         (ValidationError, EXIT_BAD_INPUT, lambda e: f"error: invalid config: {format_validation_error(e)}"),
         *[
             (kind, EXIT_BAD_INPUT, bad)
-            for kind in (DatasetError, CheckpointError, BackboneError, UsageError, DistributedError)
+            for kind in (DatasetError, CheckpointError, BackboneError, UsageError, DistributedError, RefitError)
         ],
     ]
 
@@ -111,9 +113,11 @@ def synth_main(argv: Sequence[str] | None = None) -> int:
     return _run("proad-synth", _synth, args)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    """Arguments proad-train and proad-eval share: the data, and how to run."""
-    p.add_argument("--data", required=True, nargs="+", type=Path, help="dataset root(s) in the MVTec-AD layout")
+def _add_common(p: argparse.ArgumentParser, data_help: str | None = None) -> None:
+    """Arguments proad-train and proad-eval share: the data, and how to run (``data_help``: the data is
+    optional, and this says what stands in for it)."""
+    p.add_argument("--data", required=data_help is None, nargs="+", type=Path,
+                   help="dataset root(s) in the MVTec-AD layout" + (f" ({data_help})" if data_help else ""))
     p.add_argument("--categories", nargs="+", help="only these categories (default: all found)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -129,9 +133,14 @@ def train_parser() -> argparse.ArgumentParser:
         description="Train one Pro-AD model on every category of one or more MVTec-AD-layout roots "
         "(multi-class), calibrate its OK/NG threshold on held-out normal images, write a checkpoint.",
     )
-    _add_common(p)
+    _add_common(p, data_help="required, except with --from: the roots its checkpoint records")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+    p.add_argument("--from", dest="refit_from", type=Path, metavar="CHECKPOINT",
+                   help="refit instead of training: keep this checkpoint's decoder, change only how its map is read "
+                        f"(--set {', '.join(READING_FIELDS)}; e.g. add a memory) and recalibrate its thresholds "
+                        "(--target-false-alarm): minutes instead of a training run; the training pictures are "
+                        "encoded again and split as training split them (README, Command-line tools)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
                    help="starting point: " + "; ".join(f"{x.name}: {x.summary}" for x in PRESETS.values())
                    + f" (default {DEFAULT_PRESET}); --model-config, --set and the flags below override it")
     p.add_argument("--model-config", type=Path, help="ModelConfig as JSON or YAML")
@@ -151,12 +160,38 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: proad-train options that set how a decoder is trained, which a refit (``--from``) keeps as it was.
+TRAINING_OPTIONS = ("preset", "model_config", "iterations", "batch_size", "lr", "seed", "checkpoint_every",
+                    "shift_copies", "holdout_fraction", "resume", "categories")  # fmt: skip
+
+
+def _refit(args: argparse.Namespace) -> int:
+    from proad.distributed import from_env
+    from proad.refit import refit
+
+    given = [f"--{name.replace('_', '-')}" for name in TRAINING_OPTIONS
+             if getattr(args, name) is not None and getattr(args, name) is not False]  # fmt: skip
+    if given:
+        raise UsageError(f"--from keeps the trained decoder, so {', '.join(given)} cannot apply; "
+                         "train a new model instead")  # fmt: skip
+    if from_env().size > 1:
+        raise UsageError("--from runs in one process, not under torchrun")
+    refit(args.refit_from, args.out, _parse_sets(args.set), args.target_false_alarm, args.data, args.threads,
+          progress=not args.quiet)  # fmt: skip
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
 def _train(args: argparse.Namespace) -> int:
     from proad.config import load_config_file
     from proad.distributed import from_env
     from proad.presets import preset_configs
     from proad.train import train
 
+    if args.refit_from is not None:
+        return _refit(args)
+    if not args.data:
+        raise UsageError("--data is required (the dataset roots to train on)")
     model_fields: dict[str, Any] = {}
     if args.model_config:
         try:
@@ -167,9 +202,10 @@ def _train(args: argparse.Namespace) -> int:
     names = ("iterations", "batch_size", "lr", "seed", "threads", "checkpoint_every", "shift_copies",
              "target_false_alarm", "holdout_fraction")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    model_cfg, train_cfg = preset_configs(args.preset, model_fields, given)
+    preset = args.preset or DEFAULT_PRESET
+    model_cfg, train_cfg = preset_configs(preset, model_fields, given)
     train(args.data, args.out, model_cfg, train_cfg, args.categories, resume=args.resume, progress=not args.quiet,
-          preset=args.preset)
+          preset=preset)
     if from_env().is_main:  # under torchrun, rank 0 wrote it
         print(f"wrote {args.out}")
     return EXIT_OK

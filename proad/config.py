@@ -33,6 +33,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: ModelConfig fields a trained decoder does not depend on: how its map is read (the memory of normal
+#: patches, the smoothing and pooling, the score's top fraction). A refit (``proad-train --from``,
+#: :mod:`proad.refit`) may change them; every other field changes what the decoder learnt, or its
+#: shapes, and needs training.
+READING_FIELDS = ("memory_size", "memory_stride", "memory_weight", "map_sigma", "map_pool", "score_top_fraction")
+
+
 class ModelConfig(_Strict):
     """Architecture of one Pro-AD model (DESIGN §2). Every number is a tunable default."""
 

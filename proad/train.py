@@ -197,6 +197,99 @@ def calibrate(scores_by_category: dict[str, np.ndarray], target_false_alarm: flo
     return normal_threshold(all_scores, target_false_alarm), per
 
 
+def encode_splits(
+    model: ProAD, splits: Sequence[Split], train_cfg: TrainConfig, world: World | None = None, progress: bool = True
+) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]]:
+    """Every category's training pictures through the frozen encoder, once: the fitted pictures' features
+    (with their shifted copies, ``train_cfg.shift_copies``) concatenated over categories, one tensor per
+    level, and each category's held-out pictures' features. A tiled category's rows are its tiles.
+
+    Under torchrun each rank encodes its share of every category and all then hold every row, in order."""
+    from tqdm import tqdm
+
+    world = world or World()
+    fit_feats: list[list[torch.Tensor]] = []
+    holdout_feats: dict[str, list[torch.Tensor]] = {}
+    for s in tqdm(splits, desc="encode categories", unit="cat", disable=not progress):
+        name, grid = s.folder.category, s.folder.grid
+        imgs = [s.folder.image(s.folder.train[i]) for i in s.fit + s.holdout]
+        if train_cfg.shift_copies:
+            imgs += shifted_copies(imgs[: len(s.fit)], train_cfg.shift_copies, train_cfg.shift_pixels, train_cfg.seed)
+        tiles = tiles_of(imgs, grid)
+        feats = [world.all_gather_rows(f) for f in encode(model, tiles[world.shard(len(tiles))], desc=name,
+                                                          progress=progress)]  # fmt: skip
+        # rows: fitted images' tiles, held-out images' tiles, then the fitted images' shifted copies'
+        n = grid[0] * grid[1]
+        fit_end, holdout_end = len(s.fit) * n, (len(s.fit) + len(s.holdout)) * n
+        fit_feats.append([torch.cat([f[:fit_end], f[holdout_end:]]) for f in feats])
+        holdout_feats[name] = [f[fit_end:holdout_end] for f in feats]
+    return [torch.cat(level) for level in zip(*fit_feats, strict=True)], holdout_feats
+
+
+@dataclass
+class NormalReading:
+    """What a trained decoder's maps read on normal pictures: the thresholds, and the memory filled."""
+
+    threshold: float
+    category_thresholds: dict[str, float]
+    source: str  # where the thresholds come from, in words
+    memory: dict[str, Any] | None  # the memory's fill (train_info["memory"]); None without one
+    normal_scores: np.ndarray  # the held-out pictures' scores, every category
+
+    def normalisation(self) -> dict[str, float | None]:
+        """The normal-score statistics a checkpoint's ``normalisation`` carries."""
+        n = self.normal_scores
+        return {"normal_score_mean": float(n.mean()) if n.size else None,
+                "normal_score_std": float(n.std()) if n.size else None}  # fmt: skip
+
+
+def read_normal(
+    model: ProAD,
+    cache: list[torch.Tensor],
+    holdout_feats: Mapping[str, list[torch.Tensor]],
+    grids: Mapping[str, Grid],
+    train_cfg: TrainConfig,
+    log: Callable[[str], None] = print,
+) -> NormalReading:
+    """After the decoder: fill the memory of normal patches (if the model has one) from the fitted
+    pictures ``cache`` and weigh it on the held-out ones, then calibrate the thresholds on the held-out
+    pictures' scores (:func:`calibrate`; a tiled picture scores its largest tile's score, as in
+    evaluation and on the line). Without held-out pictures both fall back to the fitted ones, said so.
+    A refit (:mod:`proad.refit`, ``proad-train --from``) runs this same step on a trained decoder."""
+    memory: dict[str, Any] | None = None
+    if model.memory_levels:  # the memory of normal patches: its bank, then both maps' spreads
+        t0 = time.perf_counter()
+        patches = fill_memory(model, cache, train_cfg.seed)
+        fusion_feats = [f for f in holdout_feats.values() if f[0].shape[0]]
+        fusion_source = "held-out normal images"
+        if not fusion_feats:  # no held-out images: the fitted ones (their memory distances run low)
+            fusion_feats, fusion_source = [cache], "training images (no hold-out: memory distances biased low)"
+            log("warning: no held-out images, the memory's fusion fitted on training images")
+        size = model.cfg.memory_size
+        memory = {"patches": patches, "bank": size, "fusion_source": fusion_source,
+                  **fit_fusion(model, fusion_feats), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+        log(f"memory of {size} patches chosen from {min(patches, MAX_CANDIDATES)} of {patches} "
+            f"training patches in {memory['seconds']}s")
+
+    holdout_scores = {
+        name: score_cached(model, f)[1].reshape(-1, grids[name][0] * grids[name][1]).max(1)
+        for name, f in holdout_feats.items() if f[0].shape[0]
+    }  # fmt: skip
+    if holdout_scores:
+        threshold, per_cat = calibrate(holdout_scores, train_cfg.target_false_alarm)
+        n_holdout = sum(map(len, holdout_scores.values()))
+        source = (f"{train_cfg.target_false_alarm:.2%} target false alarms on {n_holdout} held-out normal images "
+                  "(max of quantile and Gaussian prediction bound)")
+    else:  # no held-out images: fall back to the training images (biased low, said so)
+        train_scores = score_cached(model, cache)[1]
+        threshold = normal_threshold(train_scores, train_cfg.target_false_alarm)
+        per_cat = {}
+        source = "training images (no hold-out: biased low)"
+        log("warning: no held-out images, threshold calibrated on training images")
+    scores = np.concatenate(list(holdout_scores.values())) if holdout_scores else np.zeros(0)
+    return NormalReading(threshold, per_cat, source, memory, scores)
+
+
 class TrainStep(nn.Module):
     """The differentiable part of one iteration: decode a batch of cached features, return the loss
     and its parts. Under torchrun it runs inside DistributedDataParallel, which averages the ranks'
@@ -301,22 +394,7 @@ def _train(
     torch.manual_seed(train_cfg.seed)
     model = ProAD(model_cfg)
 
-    fit_feats: list[list[torch.Tensor]] = []
-    holdout_feats: dict[str, list[torch.Tensor]] = {}
-    for s in tqdm(splits, desc="encode categories", unit="cat", disable=not progress):
-        name, grid = s.folder.category, s.folder.grid
-        imgs = [s.folder.image(s.folder.train[i]) for i in s.fit + s.holdout]
-        if train_cfg.shift_copies:
-            imgs += shifted_copies(imgs[: len(s.fit)], train_cfg.shift_copies, train_cfg.shift_pixels, train_cfg.seed)
-        tiles = tiles_of(imgs, grid)  # every rank encodes its share; all then hold every row, in order
-        feats = [world.all_gather_rows(f) for f in encode(model, tiles[world.shard(len(tiles))], desc=name,
-                                                          progress=progress)]  # fmt: skip
-        # rows: fitted images' tiles, held-out images' tiles, then the fitted images' shifted copies'
-        n = grid[0] * grid[1]
-        fit_end, holdout_end = len(s.fit) * n, (len(s.fit) + len(s.holdout)) * n
-        fit_feats.append([torch.cat([f[:fit_end], f[holdout_end:]]) for f in feats])
-        holdout_feats[name] = [f[fit_end:holdout_end] for f in feats]
-    cache = [torch.cat(level) for level in zip(*fit_feats, strict=True)]
+    cache, holdout_feats = encode_splits(model, splits, train_cfg, world, progress)
     n_fit = cache[0].shape[0]
     t_encode = time.perf_counter() - t0
     log(f"cached features of {n_fit} training images from {len(splits)} categories in {t_encode:.1f}s")
@@ -381,60 +459,31 @@ def _train(
     bar.close()
     t_train = time.perf_counter() - t1
 
-    memory_info: dict[str, Any] = {}
-    if model.memory_levels:  # the memory of normal patches: its bank, then both maps' spreads
-        t2 = time.perf_counter()
-        patches = fill_memory(model, cache, train_cfg.seed)
-        fusion_feats = [f for f in holdout_feats.values() if f[0].shape[0]]
-        fusion_source = "held-out normal images"
-        if not fusion_feats:  # no held-out images: the fitted ones (their memory distances run low)
-            fusion_feats, fusion_source = [cache], "training images (no hold-out: memory distances biased low)"
-            log("warning: no held-out images, the memory's fusion fitted on training images")
-        memory_info = {"patches": patches, "bank": model_cfg.memory_size, "fusion_source": fusion_source,
-                       **fit_fusion(model, fusion_feats), "seconds": round(time.perf_counter() - t2, 1)}  # fmt: skip
-        log(f"memory of {model_cfg.memory_size} patches chosen from {min(patches, MAX_CANDIDATES)} of {patches} "
-            f"training patches in {memory_info['seconds']}s")
-
-    holdout_scores = {  # a tiled picture scores its largest tile's score, as in evaluation and on the line
-        name: score_cached(model, f)[1].reshape(-1, grids[name][0] * grids[name][1]).max(1)
-        for name, f in holdout_feats.items() if f[0].shape[0]
-    }  # fmt: skip
-    if holdout_scores:
-        threshold, per_cat = calibrate(holdout_scores, train_cfg.target_false_alarm)
-        n_holdout = sum(map(len, holdout_scores.values()))
-        source = (f"{train_cfg.target_false_alarm:.2%} target false alarms on {n_holdout} held-out normal images "
-                  "(max of quantile and Gaussian prediction bound)")
-    else:  # no held-out images: fall back to the training images (biased low, said so)
-        train_scores = score_cached(model, cache)[1]
-        threshold = normal_threshold(train_scores, train_cfg.target_false_alarm)
-        per_cat = {}
-        source = "training images (no hold-out: biased low)"
-        log("warning: no held-out images, threshold calibrated on training images")
-    all_holdout = np.concatenate(list(holdout_scores.values())) if holdout_scores else np.zeros(0)
+    normal = read_normal(model, cache, holdout_feats, grids, train_cfg, log)
     ckpt = Checkpoint(
         model_config=model_cfg,
         state_dict=model.trainable_state_dict(),
-        threshold=threshold,
+        threshold=normal.threshold,
         normalisation={
             "input": f"uint8 NHWC BGR, any camera image fitted to {size_text(model_cfg.image_size)} "
                      f"by {model_cfg.resize}",
             "mean_rgb": list(model.encoder.body.pretrained_cfg["mean"]),
             "std_rgb": list(model.encoder.body.pretrained_cfg["std"]),
-            "normal_score_mean": float(all_holdout.mean()) if all_holdout.size else None,
-            "normal_score_std": float(all_holdout.std()) if all_holdout.size else None,
+            **normal.normalisation(),
         },
         train_info={
             "data": [str(Path(r).resolve()) for r in roots],
             "preset": preset,
             "categories": {s.folder.category: {"fit": len(s.fit), "holdout": len(s.holdout)} for s in splits},
-            "category_thresholds": per_cat,
+            "train_files": {s.folder.category: s.folder.train_digest() for s in splits},
+            "category_thresholds": normal.category_thresholds,
             "category_tiles": {name: list(grid) for name, grid in grids.items()},
-            "threshold_source": source,
+            "threshold_source": normal.source,
             "train_config": train_cfg.model_dump(mode="json"),
             "encode_seconds": round(t_encode, 1),
             "train_seconds": round(t_train, 1),
             "final_loss": loss_ema,
-            "memory": memory_info or None,
+            "memory": normal.memory,
             "world_size": world.size,
             "torch": str(torch.__version__),
         },
@@ -444,7 +493,8 @@ def _train(
         if resume_path.exists():
             os.remove(resume_path)
     world.barrier()  # on every rank, train() returns once the checkpoint is written
-    log(f"trained {train_cfg.iterations - start} iterations in {t_train:.0f}s; threshold {threshold:.4f} ({source})")
+    log(f"trained {train_cfg.iterations - start} iterations in {t_train:.0f}s; "
+        f"threshold {normal.threshold:.4f} ({normal.source})")
     return ckpt
 
 

@@ -16,6 +16,7 @@ function the edge daemon uses too), masks as booleans fitted the same way.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,12 @@ class MVTecFolder:
         picks = self.train[:: max(1, len(self.train) // sample)][:sample]
         shapes = np.array([_read_raw(item.path).shape[:2] for item in picks])
         return int(np.median(shapes[:, 0])), int(np.median(shapes[:, 1]))
+
+    def train_digest(self) -> str:
+        """SHA-256 of the training pictures' file names and sizes, in order: which pictures a model was
+        trained on (a refit checks it before it splits them as training did)."""
+        listing = "".join(f"{item.path.name}\t{item.path.stat().st_size}\n" for item in self.train)
+        return hashlib.sha256(listing.encode()).hexdigest()
 
     def image(self, item: Item) -> np.ndarray:
         """BGR uint8 at the model's size (times the tiling grid)."""
