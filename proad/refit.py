@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from proad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from proad.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from proad.config import READING_FIELDS, ModelConfig, TrainConfig, format_validation_error
 from proad.data.tiling import NO_TILING
 from proad.model import ProAD
@@ -76,6 +76,7 @@ def refit(
     except ValidationError as exc:
         why = format_validation_error(exc)
         raise RefitError(f"{source}: its recorded train_config is invalid: {why}") from exc
+    trained_rate = train_cfg.target_false_alarm
     if target_false_alarm is not None:
         train_cfg = TrainConfig.model_validate({**train_cfg.model_dump(), "target_false_alarm": target_false_alarm})
     if threads is not None:  # validated as training validates it; the recorded training threads stay
@@ -105,19 +106,16 @@ def refit(
             raise RefitError(f"{name}: its pictures would now be cut into {grids[name]} tiles, the checkpoint "
                              f"was trained on {trained_grids.get(name, NO_TILING)}: the data changed")  # fmt: skip
 
-    model = ProAD(cfg).eval()
-    decoder = {k: v for k, v in src.state_dict.items() if not k.startswith("memory_")}
-    expected = {k: v for k, v in model.trainable_state_dict().items() if not k.startswith("memory_")}
-    if set(decoder) != set(expected) or any(decoder[k].shape != v.shape for k, v in expected.items()):
-        raise RefitError(f"{source}: its weights do not fit its own model config")
-    model.load_state_dict(decoder, strict=False)
+    trained = build_model(src)  # the checkpoint's own checks: every weight present, shaped to its config
+    model = ProAD(cfg).eval()  # a reading changes no decoder shape, so the trained decoder loads as it is
+    model.load_state_dict({k: v for k, v in trained.trainable_state_dict().items() if not k.startswith("memory_")},
+                          strict=False)  # fmt: skip
 
     t1 = time.perf_counter()
     cache, holdout_feats = encode_splits(model, splits, train_cfg, progress=progress)
     encode_s = time.perf_counter() - t1
     normal = read_normal(model, cache, holdout_feats, grids, train_cfg, log)
     changed: dict[str, Any] = {k: getattr(cfg, k) for k in reading if getattr(cfg, k) != getattr(src.model_config, k)}
-    trained_rate = TrainConfig.model_validate(info["train_config"]).target_false_alarm
     if train_cfg.target_false_alarm != trained_rate:
         changed["target_false_alarm"] = train_cfg.target_false_alarm
     ckpt = Checkpoint(
