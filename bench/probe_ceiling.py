@@ -46,16 +46,13 @@ import probe_memory as M
 import probe_real as P
 
 from common import machine, real_roots, write_results
-from proad.config import ModelConfig
+from proad.config import BUILTIN_BACKBONES, ModelConfig
 from proad.metrics import aupro
 from proad.model import ProAD
 from proad.train import open_categories
 
-BACKBONES = {
-    "lite0": "tf_efficientnet_lite0",
-    "lite1": "tf_efficientnet_lite1",
-    "lite2": "tf_efficientnet_lite2",
-}
+#: the encoders with built-in weights, by short name: lite0, lite1, lite2
+BACKBONES = {b.removeprefix("tf_efficientnet_"): b for b in BUILTIN_BACKBONES if b.startswith("tf_efficientnet_")}
 REFERENCE = 256  # every map is read against the 256² masks
 READINGS = {
     "memory, L2 (PatchCore's reading)": "l2",
@@ -109,7 +106,7 @@ def gaussian_map(
 
 
 def read_candidate(cfg: ModelConfig, masks: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Both memory readings of one encoder and input size, per real category."""
+    """Every reading of :data:`READINGS` of one encoder and input size, per real category."""
     model = ProAD(cfg).eval()
     folders = open_categories(real_roots(), None, cfg.image_size, cfg.resize)
     t = time.perf_counter()
@@ -118,11 +115,12 @@ def read_candidate(cfg: ModelConfig, masks: dict[str, torch.Tensor]) -> dict[str
     reader = M.Reader(cfg, raw)
     form = {"padded": True}
     out: dict[str, Any] = {"encode_or_cache_seconds": round(encode_s, 1), "readings": {}}
+    fitted = {c: M.flat(M.embed([lvl[reader.fit[c]] for lvl in d["train"]], **form)) for c, d in raw.items()}
     for name, kind in READINGS.items():
         t = time.perf_counter()
         rows = {}
         for c, d in raw.items():
-            feats = M.flat(M.embed([lvl[reader.fit[c]] for lvl in d["train"]], **form))
+            feats = fitted[c]
             if kind == "gaussian":
                 bank = feats  # every patch is fitted; "bank" below reports how many
                 m = to_reference(gaussian_map(reader, d["test"], feats, form))
