@@ -60,7 +60,7 @@ from proad.metrics import aupro
 from proad.model import ProAD, gaussian_kernel1d
 from proad.train import open_categories
 
-DEFAULT_DECODER = P.MODELS / "default_train___batch_size__8__5000.pt"
+DEFAULT_DECODER = P.MODELS / P.decoder_file('default train {"batch_size":8}', 5000, 0)
 BANK_SIZES = (512, 1024, 2048, 4096)
 BORDER = 16
 

@@ -17,7 +17,10 @@ Encoder features are cached per (backbone, levels, size, resize, photometric) un
 or JSON ``ModelConfig`` overrides; ``--photometric`` standardises each picture's intensities first
 (a preprocessing candidate, not a model option); ``--center`` subtracts the mean training feature
 of every level (all categories together) before the decoder sees, rebuilds and compares it (a
-loss-and-map candidate: the cosine then measures the deviation from the common mean)::
+loss-and-map candidate: the cosine then measures the deviation from the common mean);
+``--standardise`` also divides each channel by its spread over the training pictures, so that no
+channel rules the cosine (README: "Standardised feature channels"). Besides image and pixel AUROC,
+each category's AUPRO over every pixel of its masks::
 
     python bench/probe_real.py --variants default pool3 no-constraint letterbox
     python bench/probe_real.py --variants '{"feature_pool": 5}' --iterations 1000
@@ -48,6 +51,7 @@ from accuracy import VARIANTS
 from common import RESULTS, machine, real_roots, write_results
 from proad.config import ModelConfig, TrainConfig
 from proad.loss import proad_loss
+from proad.metrics import aupro
 from proad.model import ProAD, local_average
 from proad.train import encode, lr_factor, open_categories
 
@@ -117,17 +121,19 @@ def reconstruction_error(model: ProAD, feats: list[torch.Tensor]) -> list[float]
     return [round(float((1 - F.cosine_similarity(a, b, dim=1)).mean()), 4) for a, b in zip(f, recs, strict=True)]
 
 
-def centred(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every level of every category minus that level's mean training feature over all categories."""
-    means = [
-        torch.cat([d["train"][level] for d in raw.values()]).float().mean((0, 2, 3), keepdim=True)
-        for level in range(len(next(iter(raw.values()))["train"]))
-    ]
+def centred(raw: dict[str, dict[str, Any]], scaled: bool = False) -> dict[str, dict[str, Any]]:
+    """Every level of every category minus that level's mean training feature over all categories
+    (with ``scaled`` also divided by each channel's spread over them: standardised channels)."""
+    stats = []
+    for level in range(len(next(iter(raw.values()))["train"])):
+        f = torch.cat([d["train"][level] for d in raw.values()]).float()
+        spread = f.std((0, 2, 3), keepdim=True) + 1e-6 if scaled else torch.ones(1)
+        stats.append((f.mean((0, 2, 3), keepdim=True), spread))
     return {
         cat: {
             **d,
             **{
-                part: [(f.float() - m).half() for f, m in zip(d[part], means, strict=True)]
+                part: [((f.float() - m) / s).half() for f, (m, s) in zip(d[part], stats, strict=True)]
                 for part in ("train", "test")
             },
         }
@@ -180,6 +186,15 @@ def train_decoder(
     return round(time.perf_counter() - t0, 1)
 
 
+def decoder_file(
+    name: str, iterations: int, seed: int, photometric: bool = False, center: bool = False, standardise: bool = False
+) -> str:
+    """Where a run keeps its decoder under :data:`MODELS`: one file per variant, length, seed and
+    feature transform (a transformed run never overwrites the plain one that ``probe_memory`` reads)."""
+    transform = "_photometric" * photometric + ("_standardised" if standardise else "_centred" * center)
+    return f"{_slug(name)}_{iterations}{f'_seed{seed}' if seed else ''}{transform}.pt"
+
+
 def run_variant(
     name: str,
     cfg: ModelConfig,
@@ -188,13 +203,14 @@ def run_variant(
     seed: int,
     train: dict[str, Any] | None = None,
     center: bool = False,
+    standardise: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = ProAD(cfg)
     folders = open_categories(real_roots(), None, cfg.image_size, cfg.resize)
     raw = {f.category: cached_features(model, cfg, f, photometric) for f in folders}
-    if center:
-        raw = centred(raw)
+    if center or standardise:
+        raw = centred(raw, scaled=standardise)
     data = {}
     for category, d in raw.items():
         data[category] = {
@@ -210,6 +226,7 @@ def run_variant(
         "train_config": train or {},
         "photometric": photometric,
         "center": center,
+        "standardise": standardise,
         "iterations": iterations,
         "seed": seed,
         "train_seconds": seconds,
@@ -219,7 +236,7 @@ def run_variant(
     MODELS.mkdir(parents=True, exist_ok=True)
     torch.save(
         {"model_config": cfg.model_dump(mode="json"), "state": model.trainable_state_dict()},
-        MODELS / f"{_slug(name)}_{iterations}{f'_seed{seed}' if seed else ''}.pt",
+        MODELS / decoder_file(name, iterations, seed, photometric, center, standardise),
     )
     with torch.no_grad():
         for cat, d in data.items():
@@ -228,8 +245,10 @@ def run_variant(
                 f = [lvl[s : s + 32].float() for lvl in d["test"]]
                 maps.append(model.anomaly_map(f, model.decode(f).reconstructions))
             good = np.array(d["kinds"]) == "good"
+            m = torch.cat(maps)
             result["categories"][cat] = {
-                **readings(torch.cat(maps), d, cfg.score_top_fraction),
+                **readings(m, d, cfg.score_top_fraction),
+                "aupro": round(aupro(d["masks"].numpy() > 0, m.numpy()), 4),
                 "train_error": reconstruction_error(model, [lvl[:96] for lvl in d["train"]]),
                 "test_error": reconstruction_error(model, [lvl[torch.from_numpy(good)][:96] for lvl in d["test"]]),
             }
@@ -277,10 +296,14 @@ def table(runs: list[dict[str, Any]]) -> str:
             if v is None:
                 cells += ["", ""]
                 continue
-            cells.append(f"{v['image_auroc']:.3f} ({v['image_auroc_max']:.3f}) / {v['pixel_auroc']:.3f}")
+            cells.append(
+                f"{v['image_auroc']:.3f} ({v['image_auroc_max']:.3f}) / {v['pixel_auroc']:.3f}"
+                + (f" / AUPRO {v['aupro']:.3f}" if "aupro" in v else "")
+            )
             cells.append(" ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(v["train_error"], v["test_error"], strict=True)))
         label = (
             r["variant"] + (" +photometric" if r.get("photometric") else "") + (" +center" if r.get("center") else "")
+            + (" +standardised" if r.get("standardise") else "")
         )
         label += f", seed {r['seed']}" if r.get("seed") else ""  # runs before seeds were recorded: seed 0
         lines.append(f"| {label} | {r['iterations']} | " + " | ".join(cells) + " |")
@@ -315,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--photometric", action="store_true", help="standardise each picture's intensities first")
     ap.add_argument("--center", action="store_true", help="subtract every level's mean training feature first")
+    ap.add_argument(
+        "--standardise", action="store_true", help="centre, then divide each channel by its training spread"
+    )
     ap.add_argument("--name", default="probe_real", help="results file stem under bench/results")
     args = ap.parse_args(argv)
     runs = earlier_runs(args.name)
@@ -332,7 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         if train:
             name += f" train {json.dumps(train, separators=(',', ':'))}"
         run = run_variant(
-            name, ModelConfig(**overrides), args.iterations, args.photometric, args.seed, train, args.center
+            name,
+            ModelConfig(**overrides),
+            args.iterations,
+            args.photometric,
+            args.seed,
+            train,
+            args.center,
+            args.standardise,
         )
         runs.append(run)
         write_results(args.name, {"machine": machine(), "runs": runs}, table(runs))
