@@ -18,8 +18,9 @@ or JSON ``ModelConfig`` overrides; ``--photometric`` standardises each picture's
 (a preprocessing candidate, not a model option); ``--center`` subtracts the mean training feature
 of every level (all categories together) before the decoder sees, rebuilds and compares it (a
 loss-and-map candidate: the cosine then measures the deviation from the common mean);
-``--standardise`` also divides each channel by its spread over the training pictures, so that no
-channel rules the cosine (README: "Standardised feature channels"). Besides image and pixel AUROC,
+``--standardise [LEVEL ...]`` also divides each channel by its spread over the training pictures,
+so that no channel rules the cosine (every level, or only those given by index; README:
+"Standardised feature channels"). Besides image and pixel AUROC,
 each category's AUPRO over every pixel of its masks::
 
     python bench/probe_real.py --variants default pool3 no-constraint letterbox
@@ -35,7 +36,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +122,17 @@ def reconstruction_error(model: ProAD, feats: list[torch.Tensor]) -> list[float]
     return [round(float((1 - F.cosine_similarity(a, b, dim=1)).mean()), 4) for a, b in zip(f, recs, strict=True)]
 
 
-def centred(raw: dict[str, dict[str, Any]], scaled: bool = False) -> dict[str, dict[str, Any]]:
+def centred(
+    raw: dict[str, dict[str, Any]], scaled: bool = False, levels: Sequence[int] | None = None
+) -> dict[str, dict[str, Any]]:
     """Every level of every category minus that level's mean training feature over all categories
-    (with ``scaled`` also divided by each channel's spread over them: standardised channels)."""
+    (with ``scaled`` also divided by each channel's spread over them: standardised channels); with
+    ``levels`` only those levels (by index), the others as they are."""
     stats = []
     for level in range(len(next(iter(raw.values()))["train"])):
+        if levels is not None and level not in levels:
+            stats.append((torch.zeros(1), torch.ones(1)))
+            continue
         f = torch.cat([d["train"][level] for d in raw.values()]).float()
         spread = f.std((0, 2, 3), keepdim=True) + 1e-6 if scaled else torch.ones(1)
         stats.append((f.mean((0, 2, 3), keepdim=True), spread))
@@ -187,11 +194,17 @@ def train_decoder(
 
 
 def decoder_file(
-    name: str, iterations: int, seed: int, photometric: bool = False, center: bool = False, standardise: bool = False
+    name: str,
+    iterations: int,
+    seed: int,
+    photometric: bool = False,
+    center: bool = False,
+    standardise: bool | list[int] = False,
 ) -> str:
     """Where a run keeps its decoder under :data:`MODELS`: one file per variant, length, seed and
     feature transform (a transformed run never overwrites the plain one that ``probe_memory`` reads)."""
-    transform = "_photometric" * photometric + ("_standardised" if standardise else "_centred" * center)
+    levels = "" if standardise is True else "".join(map(str, standardise or []))
+    transform = "_photometric" * photometric + (f"_standardised{levels}" if standardise else "_centred" * center)
     return f"{_slug(name)}_{iterations}{f'_seed{seed}' if seed else ''}{transform}.pt"
 
 
@@ -203,14 +216,14 @@ def run_variant(
     seed: int,
     train: dict[str, Any] | None = None,
     center: bool = False,
-    standardise: bool = False,
+    standardise: bool | list[int] = False,
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = ProAD(cfg)
     folders = open_categories(real_roots(), None, cfg.image_size, cfg.resize)
     raw = {f.category: cached_features(model, cfg, f, photometric) for f in folders}
     if center or standardise:
-        raw = centred(raw, scaled=standardise)
+        raw = centred(raw, scaled=bool(standardise), levels=None if standardise in (True, False) else standardise)
     data = {}
     for category, d in raw.items():
         data[category] = {
@@ -304,6 +317,7 @@ def table(runs: list[dict[str, Any]]) -> str:
         label = (
             r["variant"] + (" +photometric" if r.get("photometric") else "") + (" +center" if r.get("center") else "")
             + (" +standardised" if r.get("standardise") else "")
+            + (f" level {r['standardise']}" if isinstance(r.get("standardise"), list) else "")
         )
         label += f", seed {r['seed']}" if r.get("seed") else ""  # runs before seeds were recorded: seed 0
         lines.append(f"| {label} | {r['iterations']} | " + " | ".join(cells) + " |")
@@ -339,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photometric", action="store_true", help="standardise each picture's intensities first")
     ap.add_argument("--center", action="store_true", help="subtract every level's mean training feature first")
     ap.add_argument(
-        "--standardise", action="store_true", help="centre, then divide each channel by its training spread"
+        "--standardise",
+        nargs="*",
+        type=int,
+        metavar="LEVEL",
+        help="centre, then divide each channel by its training spread (only the levels given by index, e.g. 1)",
     )
     ap.add_argument("--name", default="probe_real", help="results file stem under bench/results")
     args = ap.parse_args(argv)
@@ -365,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             train,
             args.center,
-            args.standardise,
+            True if args.standardise == [] else (args.standardise or False),
         )
         runs.append(run)
         write_results(args.name, {"machine": machine(), "runs": runs}, table(runs))

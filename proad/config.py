@@ -75,6 +75,12 @@ class ModelConfig(_Strict):
         description="average each encoder level over a k x k neighbourhood before it is reconstructed and "
                     "compared (PatchCore's local aggregation: grain of a texture averages out; 1 = off, odd)",
     )  # fmt: skip
+    standardise_strides: list[int] = Field(
+        default_factory=list,
+        description="encoder levels, by stride, whose channels are centred and divided by their spread over the "
+                    "training pictures before the decoder reads, rebuilds and compares them, so that a few large "
+                    "channels do not rule the cosine (fitted by training, stored with the model; [] = off)",
+    )  # fmt: skip
 
     # --- decoder -------------------------------------------------------------------------------
     dim: int = Field(128, ge=16, le=1024, description="token and prototype width D")
@@ -179,6 +185,11 @@ class ModelConfig(_Strict):
             raise ValueError(f"feature_pool must be odd (a centred neighbourhood), got {self.feature_pool}")
         if self.map_pool % 2 == 0:
             raise ValueError(f"map_pool must be odd (a centred neighbourhood), got {self.map_pool}")
+        if self.standardise_strides and self.backbone in BUILTIN_BACKBONES:
+            level_strides = sorted(2 ** (level + 1) for level in self.feature_levels)
+            if not set(self.standardise_strides) <= set(level_strides):
+                raise ValueError(f"standardise_strides {self.standardise_strides} must be among the feature "
+                                 f"levels' strides {level_strides}")  # fmt: skip
         if self.memory_stride not in (4, 8, 16, 32):
             raise ValueError(f"memory_stride must be 4, 8, 16 or 32, got {self.memory_stride}")
         strides = sorted(2 ** (level + 1) for level in self.feature_levels)  # timm's EfficientNet feature_info

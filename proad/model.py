@@ -274,6 +274,12 @@ class ProAD(nn.Module):
             cols = rows if width == height else upsample_blur_operator(math.ceil(width / stride), width, self.blur)
             self.register_buffer(f"map_rows{level}", rows, persistent=False)
             self.register_buffer(f"map_cols{level}", cols, persistent=False)
+        # Standardised levels (``standardise_strides``): each channel's mean and spread over the training
+        # pictures, fitted by training (:func:`proad.train.fit_standardisation`) and saved; (0, 1) until then.
+        self.standardised_levels = [i for i, s in enumerate(self.level_strides) if s in cfg.standardise_strides]
+        for i in self.standardised_levels:
+            self.register_buffer(f"feature_mean{i}", torch.zeros(1, self.level_channels[i], 1, 1))
+            self.register_buffer(f"feature_spread{i}", torch.ones(1, self.level_channels[i], 1, 1))
         # The optional memory of normal patches (``memory_size`` > 0): its bank and the spreads that
         # weigh it against the reconstruction are filled by training (:mod:`proad.memory`) and saved.
         self.memory_levels: list[int] = []
@@ -331,9 +337,13 @@ class ProAD(nn.Module):
 
     # -- stages ------------------------------------------------------------------------------
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen encoder features of a uint8 NHWC BGR batch, finest level first, each averaged over
-        a ``feature_pool`` neighbourhood (what the decoder rebuilds and the map compares)."""
-        return [local_average(f, self.cfg.feature_pool) for f in self.encoder(self.input_norm(image))]
+        """Frozen encoder features of a uint8 NHWC BGR batch, finest level first, the ``standardise_strides``
+        levels standardised, each averaged over a ``feature_pool`` neighbourhood (what the decoder
+        rebuilds and the map compares)."""
+        levels = list(self.encoder(self.input_norm(image)))
+        for i in self.standardised_levels:
+            levels[i] = (levels[i] - getattr(self, f"feature_mean{i}")) / getattr(self, f"feature_spread{i}")
+        return [local_average(f, self.cfg.feature_pool) for f in levels]
 
     def decode(self, feats: list[torch.Tensor]) -> DecoderOutput:
         """Reconstruct every level from the prototypes (training runs this on cached features)."""

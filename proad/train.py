@@ -197,6 +197,46 @@ def calibrate(scores_by_category: dict[str, np.ndarray], target_false_alarm: flo
     return normal_threshold(all_scores, target_false_alarm), per
 
 
+#: fitted pictures per category whose encoder features give the standardised levels' statistics
+STANDARDISE_PICTURES = 32
+
+
+@torch.no_grad()
+def fit_standardisation(model: ProAD, splits: Sequence[Split], progress: bool = True) -> dict[str, Any] | None:
+    """Each ``standardise_strides`` level's channel mean and spread (over pictures and positions) from
+    up to :data:`STANDARDISE_PICTURES` fitted pictures of every category (tiled as trained), set into
+    the model before its training features are cached, and a summary for ``train_info``; ``None``
+    when the model standardises no level. Categories weigh alike (as many pictures each), so in a
+    multi-class model a channel's spread includes the differences between categories (README:
+    "Standardised feature channels"). Every rank computes the same (the same pictures)."""
+    from tqdm import tqdm
+
+    levels = model.standardised_levels
+    if not levels:
+        return None
+    sums: dict[int, torch.Tensor] = {}
+    squares: dict[int, torch.Tensor] = {}
+    count = dict.fromkeys(levels, 0)
+    pictures = 0
+    for s in tqdm(splits, desc="standardise", unit="cat", disable=not progress):
+        imgs = [s.folder.image(s.folder.train[i]) for i in s.fit[:STANDARDISE_PICTURES]]
+        pictures += len(imgs)
+        tiles = tiles_of(imgs, s.folder.grid)
+        for start in range(0, len(tiles), 16):
+            feats = model.encoder(model.input_norm(torch.from_numpy(np.stack(tiles[start : start + 16]))))
+            for i in levels:
+                f = feats[i].double()
+                sums[i] = sums.get(i, 0) + f.sum((0, 2, 3))
+                squares[i] = squares.get(i, 0) + (f * f).sum((0, 2, 3))
+                count[i] += f.numel() // f.shape[1]
+    for i in levels:
+        mean = sums[i] / count[i]
+        spread = (squares[i] / count[i] - mean * mean).clamp_min(0).sqrt() + 1e-6
+        getattr(model, f"feature_mean{i}").copy_(mean.view(1, -1, 1, 1))
+        getattr(model, f"feature_spread{i}").copy_(spread.view(1, -1, 1, 1))
+    return {"strides": [model.level_strides[i] for i in levels], "pictures": pictures}
+
+
 def encode_splits(
     model: ProAD, splits: Sequence[Split], train_cfg: TrainConfig, world: World | None = None, progress: bool = True
 ) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]]:
@@ -393,6 +433,9 @@ def _train(
     splits = [split_holdout(f, train_cfg.holdout_fraction, train_cfg.seed) for f in folders]
     torch.manual_seed(train_cfg.seed)
     model = ProAD(model_cfg)
+    standardised = fit_standardisation(model, splits, progress)
+    if standardised:
+        log(f"levels of stride {standardised['strides']} standardised on {standardised['pictures']} training pictures")
 
     cache, holdout_feats = encode_splits(model, splits, train_cfg, world, progress)
     n_fit = cache[0].shape[0]
@@ -484,6 +527,7 @@ def _train(
             "train_seconds": round(t_train, 1),
             "final_loss": loss_ema,
             "memory": normal.memory,
+            "standardised": standardised,
             "world_size": world.size,
             "torch": str(torch.__version__),
         },

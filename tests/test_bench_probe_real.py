@@ -1,5 +1,6 @@
-"""bench/probe_real.py: the feature transforms a probe can train on (centred, standardised) use the
-training pictures' statistics over every category, and a transformed run keeps its decoder apart."""
+"""bench/probe_real.py: the feature transforms a probe can train on (centred, standardised, on every
+level or some) use the training pictures' statistics over every category, and a transformed run
+keeps its decoder apart."""
 
 from __future__ import annotations
 
@@ -54,6 +55,16 @@ def test_centred_channels_keep_their_spread() -> None:
     assert torch.allclose(train.std((0, 2, 3)), before.std((0, 2, 3)), rtol=1e-3)
 
 
+def test_standardising_one_level_leaves_the_other_as_it_was() -> None:
+    raw = _raw()
+    out = probe_real.centred(raw, scaled=True, levels=[1])
+    for cat in raw:
+        assert torch.equal(out[cat]["train"][0], raw[cat]["train"][0])
+        assert torch.equal(out[cat]["test"][0], raw[cat]["test"][0])
+    coarse = torch.cat([out[c]["train"][1] for c in out]).float()
+    assert torch.allclose(coarse.std((0, 2, 3)), torch.ones(3), atol=2e-3)
+
+
 def test_a_transformed_run_never_overwrites_the_plain_decoder() -> None:
     plain = probe_real.decoder_file('default train {"batch_size":8}', 5000, 0)
     assert plain == probe_memory.DEFAULT_DECODER.name == "default_train___batch_size__8__5000.pt"
@@ -61,6 +72,7 @@ def test_a_transformed_run_never_overwrites_the_plain_decoder() -> None:
         probe_real.decoder_file('default train {"batch_size":8}', 5000, 0, standardise=True),
         probe_real.decoder_file('default train {"batch_size":8}', 5000, 0, center=True),
         probe_real.decoder_file('default train {"batch_size":8}', 5000, 0, photometric=True),
+        probe_real.decoder_file('default train {"batch_size":8}', 5000, 0, standardise=[1]),
         probe_real.decoder_file('default train {"batch_size":8}', 5000, 1),
     }
-    assert plain not in others and len(others) == 4
+    assert plain not in others and len(others) == 5
