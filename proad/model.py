@@ -276,6 +276,11 @@ class ProAD(nn.Module):
             self.register_buffer(f"map_cols{level}", cols, persistent=False)
         # Standardised levels (``standardise_strides``): each channel's mean and spread over the training
         # pictures, fitted by training (:func:`proad.train.fit_standardisation`) and saved; (0, 1) until then.
+        missing = sorted(set(cfg.standardise_strides) - set(self.level_strides))
+        if missing:  # the config checks the built-in encoders; this, one loaded from a checkpoint file
+            raise ValueError(
+                f"standardise_strides {missing} are none of the encoder levels' strides {self.level_strides}"
+            )
         self.standardised_levels = [i for i, s in enumerate(self.level_strides) if s in cfg.standardise_strides]
         for i in self.standardised_levels:
             self.register_buffer(f"feature_mean{i}", torch.zeros(1, self.level_channels[i], 1, 1))

@@ -70,3 +70,9 @@ def test_a_stride_the_encoder_has_not_is_refused(small_cfg: ModelConfig) -> None
 def test_without_standardised_levels_nothing_changes(small_cfg: ModelConfig) -> None:
     model = ProAD(small_cfg)
     assert model.standardised_levels == [] and not any(k.startswith("feature_") for k in model.state_dict())
+
+
+def test_the_model_refuses_a_stride_its_encoder_has_not_even_past_the_config(small_cfg: ModelConfig) -> None:
+    unchecked = small_cfg.model_copy(update={"standardise_strides": [32]})  # as a custom encoder's config would pass
+    with pytest.raises(ValueError, match="none of the encoder levels' strides"):
+        ProAD(unchecked)
