@@ -185,14 +185,12 @@ class ModelConfig(_Strict):
             raise ValueError(f"feature_pool must be odd (a centred neighbourhood), got {self.feature_pool}")
         if self.map_pool % 2 == 0:
             raise ValueError(f"map_pool must be odd (a centred neighbourhood), got {self.map_pool}")
-        if self.standardise_strides and self.backbone in BUILTIN_BACKBONES:
-            level_strides = sorted(2 ** (level + 1) for level in self.feature_levels)
-            if not set(self.standardise_strides) <= set(level_strides):
-                raise ValueError(f"standardise_strides {self.standardise_strides} must be among the feature "
-                                 f"levels' strides {level_strides}")  # fmt: skip
+        strides = sorted(2 ** (level + 1) for level in self.feature_levels)  # timm's EfficientNet feature_info
+        if self.backbone in BUILTIN_BACKBONES and not set(self.standardise_strides) <= set(strides):
+            raise ValueError(f"standardise_strides {self.standardise_strides} must be among the feature "
+                             f"levels' strides {strides}")  # fmt: skip
         if self.memory_stride not in (4, 8, 16, 32):
             raise ValueError(f"memory_stride must be 4, 8, 16 or 32, got {self.memory_stride}")
-        strides = sorted(2 ** (level + 1) for level in self.feature_levels)  # timm's EfficientNet feature_info
         if self.memory_size and self.backbone in BUILTIN_BACKBONES and self.memory_stride not in strides:
             raise ValueError(f"memory_stride {self.memory_stride} is none of the feature levels' strides {strides}")
         if self.constraint_from_layer >= self.layers and self.constraint != "none":
