@@ -5,7 +5,7 @@ at least 80 % of the old default's throughput. Each variant is exported untraine
 depend on the weights) exactly as ``proad-export onnx`` does, and all sessions run alternately in
 rounds of ``--seconds`` each, at batch 1 and 8, with the same threads; the ratio is of medians.
 
-    python bench/onnx_variants.py                                  # today's default vs feature_pool 1
+    python bench/onnx_variants.py                                  # today's default vs the pre-issue-14 one
     python bench/onnx_variants.py --variant '{"backbone": "tf_efficientnet_lite2"}'
     python bench/onnx_variants.py --variant '{}' --variant '{"image_size": 320}' --name onnx_presets
 """
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--name", default="onnx_variants", help="results file stem under bench/results")
     args = ap.parse_args(argv)
-    variants = {"old default (feature_pool 1)": BASELINE}
+    variants = {"pre-issue-14 default (M = 256, feature_pool 1)": BASELINE}
     for spec in args.variant or ["{}"]:
         variants["today's default" if spec == "{}" else spec] = json.loads(spec)
     # each model gets pictures of its own input size (a bigger input costs what it costs)
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                     rates[name][batch].append(done / (time.perf_counter() - t0))
     base = next(iter(rates))
     med = {n: {b: float(np.median(v)) for b, v in r.items()} for n, r in rates.items()}
-    rows = ["| model | img/s batch 1 | img/s batch 8 | ratio to old default (1 / 8) |", "|---|---:|---:|---:|"]
+    rows = ["| model | img/s batch 1 | img/s batch 8 | ratio to the pre-issue-14 default (1 / 8) |",
+            "|---|---:|---:|---:|"]
     for n, m in med.items():
         rows.append(f"| {n} | {m[1]:.1f} | {m[8]:.1f} | {m[1] / med[base][1]:.3f} / {m[8] / med[base][8]:.3f} |")
     data = {"machine": machine(), "threads": args.threads, "rounds": args.rounds, "seconds": args.seconds,
