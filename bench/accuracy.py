@@ -10,7 +10,7 @@ model's real categories are also scored with other image-score rules (the map's 
 its top 0.1 %) beside the shipped top 1 %, from the same maps: whether the score is the problem.
 
 Variants: the shipped default (M = 6 image-adapted prototypes, no constraint, since 2026-12-04);
-DESIGN's expanded bank with the constraint (``expanded``, the accurate preset's form) and the
+DESIGN's expanded bank with the constraint (``expanded``, the constrained preset's form) and the
 constraint's forms on it (none, as first written with dot-product logits at tau = sqrt(D), softer,
 partial, later layers only, a loss instead of a projection); M = 6 with the constraint; and what
 might see small defects on real images: a 32x32
@@ -76,8 +76,8 @@ COMPARE_SET = {"test_good": 200, "test_per_defect": 100}
 COMPARE_DATA = RESULTS.parent / ".cache" / "synth-test200"
 
 #: DESIGN's expanded bank with the prototype constraint: the default until 2026-12-04, the accurate
-#: preset's model since. The constraint's forms below are variations of it, spelt out in full so that
-#: each name keeps its meaning whatever the defaults are.
+#: preset's model until 2026-12-06, the constrained preset's since. The constraint's forms below are
+#: variations of it, spelt out in full so that each name keeps its meaning whatever the defaults are.
 EXPANDED: dict[str, Any] = {"prototypes": 256, "constraint": "project"}
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

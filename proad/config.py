@@ -89,7 +89,7 @@ class ModelConfig(_Strict):
     mlp_ratio: float = Field(2.0, gt=0, le=8)
     prototypes: int = Field(
         6, ge=1, le=1024,
-        description="size M of the learned prototype bank (DESIGN's 256 is the accurate preset's; 6 since "
+        description="size M of the learned prototype bank (DESIGN's 256 is the constrained preset's; 6 since "
                     "2026-12-04, measured on the real sets: README, Presets)",
     )  # fmt: skip
     bottleneck_dropout: float = Field(0.2, ge=0, lt=1, description="noise of the bottleneck MLP (training only)")
@@ -98,7 +98,7 @@ class ModelConfig(_Strict):
     # --- prototype-based constraint C(P) = softmax(sim(P, B) / tau) B ----------------------------
     constraint: Literal["none", "project", "loss"] = Field(
         "none",
-        description="project: re-express adapted prototypes through the bank (the accurate preset); loss: "
+        description="project: re-express adapted prototypes through the bank (the constrained preset); loss: "
                     "penalise the gap; none: reconstruct from the image-adapted prototypes (the default since "
                     "2026-12-04: it bought nothing measurable on the real sets, README, Presets)",
     )  # fmt: skip

@@ -59,7 +59,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_cfg() -> ModelConfig:
     """The real encoder with a narrow decoder, so tests that train stay in seconds. With the prototype
-    constraint (the ``accurate`` preset's form), so the export, int8 and engine tests carry its
+    constraint (the ``constrained`` preset's form), so the export, int8 and engine tests carry its
     attention too; the default form (no constraint) is the board model's below."""
     return ModelConfig(dim=32, heads=2, layers=2, prototypes=16, mlp_ratio=1.0, constraint="project")
 

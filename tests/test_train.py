@@ -146,8 +146,12 @@ def test_presets_are_valid_configs_and_explicit_settings_win() -> None:
         model, train_cfg = preset_configs(name)
         assert all(getattr(model, k) == v for k, v in preset.model.items()), name
         assert all(getattr(train_cfg, k) == v for k, v in preset.train.items()), name
-    model, train_cfg = preset_configs("accurate", {"dim": 64}, {"iterations": 5})
-    assert model.dim == 64 and train_cfg.iterations == 5
+    model, train_cfg = preset_configs("constrained", {"dim": 64}, {"iterations": 5})
+    assert model.dim == 64 and train_cfg.iterations == 5 and model.prototypes == 256
+    # accurate is fast's model and training on the bigger encoder the registry ships (issue 14)
+    model, train_cfg = preset_configs("accurate")
+    assert model.backbone == "tf_efficientnet_lite2" and model.prototypes == ModelConfig().prototypes
+    assert train_cfg == TrainConfig()
     with pytest.raises(KeyError, match="unknown preset"):
         preset_configs("best")
 
@@ -157,18 +161,18 @@ def test_clis_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert synth_main(["--out", str(data), "--categories", "weave", "--train", "8", "--test-good", "2",
                        "--test-per-defect", "1", "--quiet"]) == 0
     assert train_main(["--data", str(data), "--out", str(ckpt), "--iterations", "6", "--batch-size", "4", "--quiet",
-                       "--preset", "accurate", "--set", "dim=32", "heads=2", "layers=2", "prototypes=8",
+                       "--preset", "constrained", "--set", "dim=32", "heads=2", "layers=2", "prototypes=8",
                        "--holdout-fraction", "0.25"]) == 0
     # the preset set what it names, the explicit flags and --set won over it, and its name was kept
     saved = load_checkpoint(ckpt)
-    accurate = PRESETS["accurate"]
-    assert all(getattr(saved.model_config, k) == v for k, v in accurate.model.items()
+    constrained = PRESETS["constrained"]
+    assert all(getattr(saved.model_config, k) == v for k, v in constrained.model.items()
                if k not in ("dim", "heads", "layers", "prototypes"))
     explicit = ("iterations", "batch_size")
-    assert all(saved.train_info["train_config"][k] == v for k, v in accurate.train.items() if k not in explicit)
+    assert all(saved.train_info["train_config"][k] == v for k, v in constrained.train.items() if k not in explicit)
     assert saved.train_info["train_config"]["batch_size"] == 4
     assert (saved.model_config.dim, saved.model_config.layers) == (32, 2)
-    assert saved.train_info["train_config"]["iterations"] == 6 and saved.train_info["preset"] == "accurate"
+    assert saved.train_info["train_config"]["iterations"] == 6 and saved.train_info["preset"] == "constrained"
     assert saved.train_info["categories"]["weave"] == {"fit": 6, "holdout": 2}  # a quarter of 8 held out
     assert eval_main(["--data", str(data), "--checkpoint", str(ckpt), "--json", str(out), "--viz",
                       str(tmp_path / "viz"), "--quiet"]) == 0
