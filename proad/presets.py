@@ -45,7 +45,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "accurate",
             "fast's model and training on the bigger Lite2 encoder: Magnetic Tile image AUROC 0.92 and pixel "
-            "AUROC 0.77 (fast: 0.90 / 0.72), about 0.75x fast's frame rate, about the same training time "
+            "AUROC 0.77 (fast: 0.90 / 0.72), 0.72-0.80x fast's frame rate, about the same training time "
             "(README, Presets)",
             model={"backbone": "tf_efficientnet_lite2"},
         ),
