@@ -1,4 +1,5 @@
-"""Anomaly-detection metrics: image and pixel AUROC / AP / F1-max, and AUPRO.
+"""Anomaly-detection metrics: image and pixel AUROC / AP / F1-max, AUPRO, and the fewest defects any
+threshold misses at a given count of good parts rejected.
 
 AUROC and AP come from scikit-learn; F1-max from its precision-recall curve. AUPRO (per-region
 overlap, Bergmann et al.) is not in scikit-learn: it is computed exactly here in one sort, the way
@@ -39,6 +40,22 @@ def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     denom = precision[:-1] + recall[:-1]
     f1 = np.divide(2 * precision[:-1] * recall[:-1], denom, out=np.zeros_like(denom), where=denom > 0)
     return float(thresholds[int(np.argmax(f1))])
+
+
+def fewest_missed(labels: np.ndarray, scores: np.ndarray, false_alarms: int) -> int:
+    """The fewest defective images any threshold misses while it rejects at most ``false_alarms``
+    good ones (``score >= t`` is NG): the best a calibration could do at that false-alarm count, so
+    set beside the misses at the stored threshold it says whether the threshold or the ranking is
+    what a line would have to improve. Ties with the last good score allowed through count as
+    missed."""
+    if false_alarms < 0:
+        raise ValueError(f"false_alarms must be >= 0, got {false_alarms}")
+    labels = np.asarray(labels, int)
+    scores = np.asarray(scores, np.float64)
+    good = np.sort(scores[labels == 0])[::-1]
+    if false_alarms >= good.size:
+        return 0
+    return int(((labels == 1) & (scores <= good[false_alarms])).sum())
 
 
 def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:

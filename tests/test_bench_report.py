@@ -9,7 +9,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
-from accuracy import _mean_over_runs, main  # noqa: E402
+from accuracy import _at_threshold, _mean_over_runs, main  # noqa: E402
 from report import reading  # noqa: E402
 
 
@@ -33,6 +33,12 @@ def test_mean_over_runs_averages_metrics_and_keeps_counts() -> None:
     runs[0]["categories"]["board"]["missed_at_threshold"] = 0
     assert _mean_over_runs(runs)[0]["board"]["missed_at_threshold"] == pytest.approx(1.5)
     assert mean["aupro"] == pytest.approx(0.97)
+
+
+def test_the_threshold_cell_sets_the_best_thresholds_misses_beside_the_stored_ones() -> None:
+    r = {"images": 10, "defective": 8, "missed_at_threshold": 4, "false_alarms_at_threshold": 1}
+    assert _at_threshold(r) == "50% / 50%"  # a record from before the best threshold was kept
+    assert _at_threshold({**r, "fewest_missed_at_same_false_alarms": 1}) == "50% / 50% (best 12%)"
 
 
 def test_reading_judges_the_seed_mean_and_counts_each_seeds_pairs() -> None:

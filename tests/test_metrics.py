@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.measure import label
 
-from proad.metrics import aupro, best_f1_threshold, compute_metrics, f1_max
+from proad.metrics import aupro, best_f1_threshold, compute_metrics, f1_max, fewest_missed
 
 
 def test_image_metrics_by_hand() -> None:
@@ -20,6 +20,28 @@ def test_image_metrics_by_hand() -> None:
     # best cut at 0.35: precision 2/3, recall 1 -> F1 0.8
     assert m["image_f1_max"] == pytest.approx(0.8)
     assert best_f1_threshold(labels, scores) == pytest.approx(0.35)
+
+
+def test_fewest_missed_at_a_false_alarm_count_by_hand() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.9, 0.5, 0.2, 0.95, 0.5, 0.4, 0.1])
+    # no good rejected: the threshold must pass 0.9, so every defect at or below it is missed
+    assert fewest_missed(labels, scores, 0) == 3
+    # one good rejected (0.9): the threshold passes 0.5; the defect tied with it is missed too
+    assert fewest_missed(labels, scores, 1) == 3
+    assert fewest_missed(labels, scores, 2) == 1  # passes only 0.2: 0.1 missed
+    assert fewest_missed(labels, scores, 3) == 0  # every good rejected: nothing need be missed
+    with pytest.raises(ValueError):
+        fewest_missed(labels, scores, -1)
+
+
+def test_evaluation_sets_the_stored_thresholds_misses_beside_the_best_ones() -> None:
+    from proad.evaluate import at_threshold_lines
+
+    result = {"categories": {"tile": {"images": 7, "defective": 4, "threshold": 0.45, "missed_at_threshold": 2,
+                                      "false_alarms_at_threshold": 2, "fewest_missed_at_same_false_alarms": 1}}}
+    assert at_threshold_lines(result) == ("tile: at threshold 0.45, 2 of 4 defective missed (50.0%), 2 of 3 good "
+                                          "rejected (66.7%); the best threshold rejecting as few would miss 1 (25.0%)")
 
 
 def test_f1_max_perfect_and_pixel_metrics() -> None:

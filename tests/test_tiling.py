@@ -109,6 +109,8 @@ def test_a_large_picture_category_trains_calibrates_and_evaluates_on_tiles(tmp_p
     result = evaluate(model, [folder], ckpt.threshold, progress=False)
     marble = result["categories"]["marble"]
     assert marble["images"] == len(folder.test) and 0.0 <= marble["image_auroc"] <= 1.0 and marble["tiles"] == [2, 2]
+    # the stored threshold is one of the thresholds rejecting as few: the best misses no more
+    assert 0 <= marble["fewest_missed_at_same_false_alarms"] <= marble["missed_at_threshold"]
     assert at_threshold_lines(result).startswith("marble (2x2 tiles a picture): at threshold")
 
 
