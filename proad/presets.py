@@ -10,7 +10,7 @@ daemon's log and telemetry say which one a camera runs.
 ``constrained`` is DESIGN §2's own form, the expanded bank with the prototype constraint, kept one
 flag away for a line that wants the constraint's guarantee; it was ``accurate`` until 2026-12-06,
 when the real sets trained together with the generated ones showed it no more accurate than
-``fast`` in one seed (README, "Which model `accurate` is").
+``fast`` in one seed, and a second seed repeated it (README, "Which model `accurate` is").
 
 How each preset was chosen, on which data, with every candidate measured, is in the README
 ("Presets"); change a value here only with a measurement there.
@@ -53,7 +53,7 @@ PRESETS: dict[str, Preset] = {
             "constrained",
             "DESIGN's expanded bank (M = 256) with the prototype constraint, 6,000 iterations of 8 images: no "
             "adapted prototype leaves the hull of the learned normal ones; about 0.6x fast's frame rate and 2.5x "
-            "its training time; no more accurate than fast on the real + generated sets, one seed (README, Presets)",
+            "its training time; no more accurate than fast on the real + generated sets, two seeds (README, Presets)",
             model={"prototypes": 256, "constraint": "project"},
             train={"iterations": 6000, "batch_size": 8},
         ),
