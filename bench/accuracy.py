@@ -316,7 +316,7 @@ def compare_patchcore(
             path = Path(tmp) / f"patchcore_{folder.category}.pt"
             torch.save({"bank": pc.bank}, path)
             pc_bytes += path.stat().st_size
-            result = evaluate_category(pc, folder, float("inf"))
+            result = evaluate_category(pc, folder, None)  # PatchCore stores no threshold
             result.update(fit_seconds=fit_s, bank=list(pc.bank.shape), bytes=path.stat().st_size)
             pc_cats[folder.category] = result
             print(f"PatchCore {folder.category}: " + ", ".join(f"{k} {result[k]:.3f}" for k in COMPARE_KEYS)

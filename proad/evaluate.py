@@ -48,11 +48,14 @@ def predict(
 def evaluate_category(
     model: torch.nn.Module,
     folder: MVTecFolder,
-    threshold: float,
+    threshold: float | None,
     viz_dir: Path | None = None,
     viz_count: int = 4,
 ) -> dict[str, Any]:
-    """Metrics of one category's test set."""
+    """Metrics of one category's test set; with a ``threshold``, also what a line feels at it.
+
+    ``threshold=None`` is a model that stores none (the PatchCore baseline): its ranking only, and
+    overlays without an OK/NG verdict."""
     if not folder.test:
         return {"images": 0, "note": "no test images"}
     loaded = [folder.load(item) for item in folder.test]
@@ -61,17 +64,19 @@ def evaluate_category(
     labels = np.array([item.label for item in folder.test])
     maps, scores, per_image = predict(model, images)
     result: dict[str, Any] = compute_metrics(labels, scores, masks if labels.any() else None, maps)
-    decisions = scores >= threshold
-    false_alarms = int((decisions & (labels == 0)).sum())
-    if len(np.unique(labels)) == 2:
-        result["fewest_missed_at_same_false_alarms"] = fewest_missed(labels, scores, false_alarms)
+    result.update(images=len(labels), defective=int(labels.sum()))
+    if threshold is not None:
+        decisions = scores >= threshold
+        false_alarms = int((decisions & (labels == 0)).sum())
+        if len(np.unique(labels)) == 2:
+            result["fewest_missed_at_same_false_alarms"] = fewest_missed(labels, scores, false_alarms)
+        result.update(
+            accuracy_at_threshold=float((decisions == labels.astype(bool)).mean()),
+            threshold=float(threshold),
+            missed_at_threshold=int((~decisions & (labels == 1)).sum()),
+            false_alarms_at_threshold=false_alarms,
+        )
     result.update(
-        images=len(labels),
-        defective=int(labels.sum()),
-        accuracy_at_threshold=float((decisions == labels.astype(bool)).mean()),
-        threshold=float(threshold),
-        missed_at_threshold=int((~decisions & (labels == 1)).sum()),
-        false_alarms_at_threshold=false_alarms,
         ms_per_image=round(per_image * 1000, 2),
         tiles=list(folder.grid),  # (rows, cols) each picture was cut into (proad.data.tiling)
     )
@@ -92,8 +97,8 @@ def _write_overlays(out: Path, folder: MVTecFolder, images, masks, maps, scores,
         picks.append(("weakest_defect", int(bad[np.argmin(scores[bad])])))
     for tag, i in picks:
         item = folder.test[i]
-        verdict = "NG" if scores[i] >= threshold else "OK"
-        text = f"{item.kind} {scores[i]:.3f} {verdict}"
+        verdict = "" if threshold is None else (" NG" if scores[i] >= threshold else " OK")
+        text = f"{item.kind} {scores[i]:.3f}{verdict}"
         img = overlay(images[i], maps[i], vmax, masks[i], text)
         side = np.hstack([images[i], img])
         cv2.imwrite(str(out / f"{tag}_{item.kind}_{item.path.stem}.png"), side)
@@ -129,7 +134,7 @@ def at_threshold_lines(result: dict[str, Any]) -> str:
     the model's ranking is the limit)."""
     lines = []
     for name, r in result["categories"].items():
-        if "defective" not in r:
+        if "missed_at_threshold" not in r:
             continue
         bad, good = r["defective"], r["images"] - r["defective"]
         missed, alarms = r["missed_at_threshold"], r["false_alarms_at_threshold"]
