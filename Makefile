@@ -47,7 +47,8 @@ test: $(STAMP) services
 stress: $(STAMP)
 	$(PY) bench/suite_stress.py
 
-## make demo: the demo model (trained on generated data the first time, ~3 min on 2 cores) exported to
+## make demo: the demo model (trained on generated data the first time, ~3 min on 2 cores; the recipe:
+## bench/demo_training.py, README "The demo model's recipe") exported to
 ## ONNX, the daemon on a synthetic camera, and a live subscriber printing OK/NG results, then a summary
 demo: $(DEMO)/model.onnx
 	$(VENV)/bin/proad-edge demo --workdir $(DEMO) --seconds 20
@@ -66,11 +67,11 @@ $(DEMO)/model.onnx: $(DEMO)/eval.json
 	$(VENV)/bin/proad-export onnx --checkpoint $(DEMO)/model.pt --out $@
 
 $(DEMO)/data/.complete: $(STAMP)
-	$(VENV)/bin/proad-synth --out $(DEMO)/data --train 60 --test-good 10 --test-per-defect 5
+	$(VENV)/bin/proad-synth --out $(DEMO)/data --train 100 --test-good 10 --test-per-defect 5
 	touch $@
 
 $(DEMO)/model.pt: $(DEMO)/data/.complete
-	$(VENV)/bin/proad-train --data $(DEMO)/data --out $@ --iterations 400 --batch-size 16 --resume
+	$(VENV)/bin/proad-train --data $(DEMO)/data --out $@ --iterations 2000 --batch-size 8 --resume
 
 clean-demo:
 	rm -rf $(DEMO)

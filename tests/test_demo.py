@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import threading
 import time
 import urllib.error
@@ -15,6 +16,9 @@ import pytest
 
 from proad.edge.bridges.broker import MOSQUITTO
 from proad.edge.demo import DemoPorts, run_demo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import demo_training
 
 
 def page(url: str, until: threading.Thread, timeout_s: float = 120.0) -> str | None:
@@ -46,6 +50,11 @@ def test_line_demo_feeds_the_page_the_plc_and_the_broker(
 
     archived = re.search(r"NG results archived through the NG channel: (\d+) of (\d+)", out)
     assert archived and int(archived[2]) > 0 and archived[1] == archived[2], out  # every NG stored
+    # the summary bench/demo_training.py reads: every result is a defect or a normal frame, every NG one of both
+    camera = demo_training.demo_summary(out)
+    received = re.search(r"results received: (\d+)", out)
+    assert received and camera["found_of"] + camera["false_alarms_of"] == int(received[1]), out
+    assert camera["found"] + camera["false_alarms"] == int(archived[2]), out
     written = re.search(r"bridge_opcua: exited \d+; (\d+) results written to OPC UA", out)
     assert written and int(written[1]) > 0, out  # the PLC's server was fed (results over PUB/SUB: none promised all)
     if MOSQUITTO is None:
