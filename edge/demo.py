@@ -212,7 +212,7 @@ def _demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate:
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         truth: Counter[str] = Counter()
-        latencies, first, last, status = [], None, None, None
+        latencies, first, last, status, status_seq = [], None, None, None, 0
         try:
             while True:
                 r = sub.recv(timeout_ms=3000)
@@ -231,7 +231,7 @@ def _demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate:
                     save_overlay(r, overlays)
                 if h.seq % 50 == 0:
                     with contextlib.suppress(TimeoutError):
-                        status = query_status(ports.tcp(ports.status), 500)
+                        status, status_seq = query_status(ports.tcp(ports.status), 500), h.seq
         finally:
             if daemon.poll() is None:
                 daemon.terminate()
@@ -251,7 +251,8 @@ def _demo(workdir: Path, seconds: float, fps: float, category: str, defect_rate:
     print(f"results received: {received} in {span:.1f} s ({received / span:.1f} FPS), missed on the wire: "
           f"{sum(sub.missed.values())}")
     if status:
-        print(f"daemon: frames in {sum(status['frames_in'].values())}, dropped {status['dropped'] or 'none'}")
+        print(f"daemon, asked after result {status_seq}: frames in {sum(status['frames_in'].values())}, "
+              f"dropped {status['dropped'] or 'none'}")
     print(f"latency capture->publish: p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms")
     print(f"defects injected: {tp + fn}; found (NG): {tp}; missed: {fn}")
     print(f"normal frames: {fp + tn}; false alarms (NG): {fp}")
