@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from proad.edge.backends import ModelLoadError
+from proad.edge.config import SyntheticSource
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,9 @@ class DemoPorts:
         return f"opc.tcp://127.0.0.1:{self.opcua}/proad/"
 
 
-#: frames the demo's synthetic camera renders at start and cycles (rendering is slow): its summary's
-#: counts are of these frames, each judged many times
-CAMERA_POOL = 48
+#: frames the demo's synthetic camera renders at start and cycles (rendering is slow; the source's
+#: default): its summary's counts are of these frames, each judged many times
+CAMERA_POOL: int = SyntheticSource.model_fields["pool"].default
 
 
 def demo_config(model: Path, category: str, fps: float, defect_rate: float, seconds: float, spool: Path,
